@@ -1,0 +1,1 @@
+"""First-party generator plugins, registered through the ``midi_bridge.generators`` entry points."""

@@ -1,0 +1,101 @@
+"""Plugin discovery through the ``midi_bridge.generators`` entry-point group.
+
+Entry points are listed without importing anything; a plugin's module is imported only
+when it is selected (or when ``midi-bridge plugins`` is asked for its status).  A plugin
+that fails to import, declares an incompatible API version, rejects its configuration or
+fails to construct is reported with its distribution, version and the reason, and the
+other plugins keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Mapping
+
+from .plugin import API_VERSION, ENTRY_POINT_GROUP, MODES, Generator, PluginError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    value: str                      # "module:Class"
+    distribution: str
+    version: str
+    status: str = "not loaded"      # "not loaded" | "ok" | "error"
+    error: str = ""
+    modes: tuple[str, ...] = ()
+    cls: type | None = field(default=None, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "error": self.error or None,
+                "distribution": self.distribution, "version": self.version,
+                "entry_point": self.value, "modes": list(self.modes)}
+
+    def where(self) -> str:
+        return f"plugin '{self.name}' ({self.distribution} {self.version}, {self.value})"
+
+
+def discover() -> dict[str, PluginInfo]:
+    """All registered generators by name (not imported).  First registration wins."""
+    found: dict[str, PluginInfo] = {}
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = getattr(ep, "dist", None)
+        info = PluginInfo(ep.name, ep.value,
+                          dist.metadata["Name"] if dist is not None else "?",
+                          dist.version if dist is not None else "?")
+        if ep.name in found:
+            log.warning("%s is shadowed by %s with the same name", info.where(), found[ep.name].where())
+            continue
+        info._ep = ep  # type: ignore[attr-defined]
+        found[ep.name] = info
+    return found
+
+
+def load_class(info: PluginInfo) -> type:
+    """Import the plugin's class; on failure record the reason and raise :class:`PluginError`."""
+    if info.cls is not None:
+        return info.cls
+    try:
+        cls = info._ep.load()  # type: ignore[attr-defined]
+    except Exception as e:  # noqa: BLE001 - any import failure is the plugin's
+        return _fail(info, f"import failed: {type(e).__name__}: {e}")
+    if not (isinstance(cls, type) and issubclass(cls, Generator)):
+        return _fail(info, f"{info.value} is not a subclass of bridge.plugin.Generator")
+    if getattr(cls, "api_version", None) != API_VERSION[0]:
+        return _fail(info, f"written for plugin API v{getattr(cls, 'api_version', '?')}, "
+                           f"this bridge provides v{API_VERSION[0]} (upgrade the plugin or the bridge)")
+    bad = set(cls.modes) - set(MODES)
+    if bad:
+        return _fail(info, f"declares unknown modes {sorted(bad)} (allowed: {', '.join(MODES)})")
+    info.cls = cls
+    info.modes = tuple(m for m in MODES if m in cls.modes)
+    info.status = "ok"
+    return cls
+
+
+def create(info: PluginInfo, settings: Mapping[str, Any] | None) -> Generator:
+    """Construct the plugin with its settings, checked against its ``default_config``."""
+    cls = load_class(info)
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(cls.default_config))
+    if unknown:
+        allowed = ", ".join(cls.default_config) or "none"
+        raise PluginError(f"config: unknown key 'generators.{info.name}.{unknown[0]}' "
+                          f"(allowed: {allowed})")
+    try:
+        gen = cls(settings)
+    except Exception as e:  # noqa: BLE001
+        return _fail(info, f"construction failed: {type(e).__name__}: {e}")
+    if not gen.name:
+        gen.name = info.name  # type: ignore[misc]
+    return gen
+
+
+def _fail(info: PluginInfo, reason: str):
+    info.status = "error"
+    info.error = reason
+    raise PluginError(f"{info.where()}: {reason}")

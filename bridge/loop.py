@@ -1,0 +1,64 @@
+"""The engine thread: the one thread that owns the generator and the output.
+
+Input callbacks only put ``(t_ns, source, data)`` on a queue.  This thread blocks on that
+queue until the next input or the engine's next deadline, whichever is first (no busy
+loop), hands every item to the engine and sends what is due.  If the engine raises (a
+bug, not a plugin error: those are caught inside), it ends every sounding note and
+carries on; on stop it ends every note, drains the output and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+STOP = ("stop",)
+
+
+class EngineThread(threading.Thread):
+    def __init__(self, engine: Engine, inbox: "queue.SimpleQueue[tuple]", drain_s: float = 0.06) -> None:
+        super().__init__(name="engine", daemon=True)
+        self.engine = engine
+        self.inbox = inbox
+        self.drain_s = drain_s
+        self.crashes = 0
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.inbox.put(STOP)
+
+    def run(self) -> None:
+        now_ns = time.perf_counter_ns
+        eng, inbox = self.engine, self.inbox
+        try:
+            while True:
+                deadline = eng.next_deadline(now_ns())
+                timeout = None if deadline is None else max(0.0, (deadline - now_ns()) / 1e9)
+                try:
+                    item = inbox.get(timeout=timeout) if timeout != 0.0 else inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+                try:
+                    while item is not None:
+                        if item is STOP:
+                            return
+                        eng.handle(item, now_ns())
+                        item = inbox.get_nowait() if not inbox.empty() else None
+                    eng.tick(now_ns())
+                except Exception:  # noqa: BLE001 - keep playing, but never leave a note hanging
+                    self.crashes += 1
+                    log.exception("engine error (%d so far); ending all notes and carrying on", self.crashes)
+                    eng.stop(now_ns())
+        finally:
+            try:
+                eng.stop(now_ns())
+                eng.sched.flush(now_ns, time.sleep)
+                time.sleep(self.drain_s)  # let the transport deliver the last period
+            finally:
+                self.stopped.set()

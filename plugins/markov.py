@@ -1,0 +1,365 @@
+"""Variable-order Markov models: a PPM predictor and a Continuator-style generator.
+
+Two independent pieces live here:
+
+* :class:`PPM` - Prediction by Partial Matching over arbitrary hashable tokens, with
+  escape method C and exclusion (Cleary & Witten 1984; method C: Moffat 1990,
+  "Implementing the PPM data compression scheme").  It gives properly normalised
+  probabilities, so an offline evaluator can report bits per token with it.
+* :class:`MarkovGenerator` - the ``continue``-mode plugin.  It follows Pachet's
+  Continuator (F. Pachet, "The Continuator: Musical Interaction with Style", ICMC 2002 /
+  JNMR 2003): a variable-order Markov model learned live from what the player plays,
+  queried with the longest matching context first and backing off to shorter ones, whose
+  continuations replay the player's own events (timing, duration, dynamics).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from typing import Any, Hashable, Iterator
+
+from bridge.plugin import Context, Generator, Note, PlayedEvent
+
+
+class _Node:
+    """A context of the PPM suffix trie: counts of the tokens that followed it."""
+
+    __slots__ = ("counts", "children")
+
+    def __init__(self) -> None:
+        self.counts: dict[Hashable, int] = {}
+        self.children: dict[Hashable, _Node] = {}
+
+
+class PPM:
+    """Variable-order PPM model (escape method C, with exclusion) over hashable tokens.
+
+    The model reads one running sequence: :meth:`update` learns that ``token`` followed the
+    current context and then appends it to the context; :meth:`reset_context` starts a new
+    sequence (a new piece) without forgetting any counts.
+
+    **Prediction.**  Contexts of order ``k`` (the last ``k`` tokens, ``k = max_order .. 0``)
+    are visited longest first.  In a context with (non-excluded) counts ``c(s)``, total
+    ``n`` and ``q`` distinct tokens, method C gives ``P(s) = c(s) / (n + q)`` and escapes
+    to order ``k - 1`` with ``q / (n + q)``.  Exclusion: tokens already given a probability
+    by a longer context are left out of the shorter ones (their counts are not in ``n``
+    or ``q``); a context left with no tokens passes all its mass down.
+
+    **Unseen tokens.**  Below order 0 sits an order -1 model that is uniform over an
+    alphabet of ``alphabet_size`` tokens: each token never seen gets
+    ``escape / (alphabet_size - seen)``, where ``escape`` is the mass that reached order -1
+    and ``seen`` the number of distinct tokens learned so far.  ``alphabet_size`` must
+    therefore be the size of the token vocabulary (e.g. 128 for MIDI pitches).  If every
+    token of the alphabet has been seen, the escape mass is renormalised over them.
+
+    **In-piece table.**  With ``piece_weight = w > 0`` a second count table holds only the
+    current piece (it is cleared by :meth:`reset_context`); prediction uses the blended
+    counts ``c_global(s) + w * c_piece(s)`` in every context (``q`` is the number of
+    distinct tokens in the blend), so the model "learns from the piece as it goes" and
+    recent material weighs more.  Still plain PPM-C on (weighted) counts: it normalises.
+    ``update(token, train=False)`` advances the context and the in-piece table but leaves
+    the global counts alone - what an evaluator wants while scoring held-out pieces.
+
+    Counts are updated at every order (no update exclusion).  :meth:`update` touches
+    ``max_order + 1`` trie nodes per table whatever the length of the history
+    (``ops`` counts them); :meth:`distribution` costs the sizes of the contexts visited.
+    """
+
+    def __init__(self, max_order: int = 8, alphabet_size: int = 128, piece_weight: float = 0.0) -> None:
+        if not 0 <= max_order <= 32:
+            raise ValueError("max_order must be in 0..32")
+        if alphabet_size < 1:
+            raise ValueError("alphabet_size must be >= 1")
+        if piece_weight < 0:
+            raise ValueError("piece_weight must be >= 0")
+        self.max_order = max_order
+        self.alphabet_size = alphabet_size
+        self.piece_weight = float(piece_weight)
+        self.ops = 0  # trie nodes touched by update(): instrumentation for tests
+        self._root = _Node()
+        self._piece = _Node()
+        self._context: deque[Hashable] = deque(maxlen=max_order)
+
+    # -- learning ---------------------------------------------------------------------
+    def update(self, token: Hashable, train: bool = True) -> None:
+        """Learn that ``token`` follows the current context, then append it to the context."""
+        if train:
+            self._learn(self._root, token)
+        if self.piece_weight > 0:
+            self._learn(self._piece, token)
+        self._context.append(token)
+
+    def _learn(self, node: _Node, token: Hashable) -> None:
+        node.counts[token] = node.counts.get(token, 0) + 1
+        self.ops += 1
+        for prev in reversed(self._context):
+            child = node.children.get(prev)
+            if child is None:
+                child = node.children[prev] = _Node()
+            node = child
+            node.counts[token] = node.counts.get(token, 0) + 1
+            self.ops += 1
+
+    def reset_context(self) -> None:
+        """Start a new sequence: empty context and in-piece table; global counts are kept."""
+        self._context.clear()
+        self._piece = _Node()
+
+    # -- prediction -------------------------------------------------------------------
+    def _path(self, root: _Node) -> list[_Node]:
+        """Nodes of the current context in ``root``'s trie, order 0 first."""
+        path = [root]
+        node = root
+        for prev in reversed(self._context):
+            node = node.children.get(prev)  # type: ignore[assignment]
+            if node is None:
+                break
+            path.append(node)
+        return path
+
+    def distribution(self) -> tuple[dict[Hashable, float], float]:
+        """Predict the next token: ``(probs, escape)``.
+
+        ``probs`` maps every token seen so far to its probability; ``escape`` is the total
+        probability left for the ``alphabet_size - len(probs)`` unseen tokens (shared
+        equally among them).  ``sum(probs.values()) + escape == 1``.
+        """
+        gpath = self._path(self._root)
+        ppath = self._path(self._piece) if self.piece_weight > 0 else []
+        w = self.piece_weight
+        probs: dict[Hashable, float] = {}
+        remaining = 1.0
+        for k in range(max(len(gpath), len(ppath)) - 1, -1, -1):
+            counts: dict[Hashable, float] = {}
+            if k < len(gpath):
+                for t, c in gpath[k].counts.items():
+                    if t not in probs:
+                        counts[t] = float(c)
+            if k < len(ppath):
+                for t, c in ppath[k].counts.items():
+                    if t not in probs:
+                        counts[t] = counts.get(t, 0.0) + w * c
+            q = len(counts)
+            if q == 0:
+                continue  # nothing left here: all the mass escapes
+            denom = sum(counts.values()) + q
+            for t, c in counts.items():
+                probs[t] = remaining * c / denom
+            remaining *= q / denom
+        if self.alphabet_size - len(probs) > 0:
+            return probs, remaining
+        total = 1.0 - remaining  # alphabet exhausted: nothing to escape to
+        return {t: p / total for t, p in probs.items()}, 0.0
+
+    def prob(self, token: Hashable) -> float:
+        """Probability of ``token`` next (0 only if the alphabet is exhausted without it)."""
+        probs, escape = self.distribution()
+        if token in probs:
+            return probs[token]
+        unseen = self.alphabet_size - len(probs)
+        return escape / unseen if unseen > 0 else 0.0
+
+    def log2prob(self, token: Hashable) -> float:
+        """``log2(prob(token))`` (``-inf`` for probability 0)."""
+        p = self.prob(token)
+        return math.log2(p) if p > 0 else -math.inf
+
+    def sample(self, rng: random.Random, temperature: float = 1.0) -> Hashable | None:
+        """Draw a seen token (the escape mass is dropped and the rest renormalised).
+
+        Probabilities are raised to ``1 / temperature``; ``temperature <= 0`` takes the
+        most probable token.  Returns ``None`` before anything has been learned.
+        """
+        probs, _ = self.distribution()
+        if not probs:
+            return None
+        return _choose(rng, list(probs.items()), temperature)
+
+
+def _choose(rng: random.Random, weighted: list[tuple[Any, float]], temperature: float) -> Any:
+    """Pick an item from ``(item, weight)`` pairs, weights sharpened by ``temperature``."""
+    if temperature <= 0:
+        return max(weighted, key=lambda iw: iw[1])[0]
+    top = max(w for _, w in weighted)
+    scaled = [(item, (w / top) ** (1.0 / temperature)) for item, w in weighted]
+    r = rng.random() * sum(w for _, w in scaled)
+    for item, w in scaled:
+        r -= w
+        if r < 0:
+            return item
+    return scaled[-1][0]
+
+
+# ----------------------------------------------------------------------------------------
+# The Continuator
+# ----------------------------------------------------------------------------------------
+GRID = 12  # inter-onset intervals are quantised to 1/12 beat (16ths and triplets)
+MAX_IOI_BEATS = 4.0  # longer gaps are treated as this long
+START = (0, -1)  # token of the first note after reset() (no previous note to relate to)
+DEFAULT_DURATION = 0.5  # beats, for a note whose note-off never came
+MAX_SAME_START = 32  # stop an answer that piles this many notes on one onset
+
+
+class _Event:
+    """One played note-on as the model stores it."""
+
+    __slots__ = ("token", "pitch", "interval", "ioi", "velocity", "onset", "duration", "keys")
+
+    def __init__(self, token, pitch, interval, ioi, velocity, onset, keys) -> None:
+        self.token, self.pitch, self.interval, self.ioi = token, pitch, interval, ioi
+        self.velocity, self.onset, self.keys = velocity, onset, keys
+        self.duration: float | None = None  # filled in at the note-off
+
+
+class MarkovGenerator(Generator):
+    """Continuator: answers a phrase by continuing it with the player's own material.
+
+    **Tokens.**  Each note-on becomes the token ``(interval, ioi)``: the pitch interval
+    from the previous played note and the inter-onset interval in 1/12 beats (capped at
+    4 beats; the first note after ``reset()`` gets the phrase-start token ``START``).
+    Tokens are relative, so the model is transposition-aware: an answer starts
+    from the last played pitch and replays learned intervals.  The duration is not in
+    the token because it is only known at the note-off, after later notes (legato,
+    chords) may already have needed this note as context; it travels with the stored
+    event instead, filled in at the note-off, so answers still reuse it in context.
+
+    **Index.**  For every order ``k = 0..order`` the tuple of the ``k`` tokens before a
+    note is a key; ``index[key][token]`` is a deque of the stored events that followed
+    that context with that token.  Generating walks from the longest context that has
+    continuations down to order 0 (backoff), draws a token with probability proportional
+    to its count (sharpened by ``temperature``) and replays one of its events: its
+    interval, inter-onset time, duration and velocity.  The generated token joins the
+    context, so the answer keeps following the model.
+
+    **Bounded work.**  ``observe`` inserts a note under ``order + 1`` keys; when more
+    than ``max_history`` notes are stored, the oldest is dropped from the same number of
+    deques (it is always at their front), so each note-on costs O(order) whatever the
+    history (``ops`` counts these index operations).  ``reset()`` forgets the phrase
+    position (context, previous note) but keeps everything learned; ``forget()`` also
+    erases what was learned.
+
+    Config: ``order`` (max context length), ``temperature``, ``max_history`` (notes
+    kept), ``low``/``high`` (answer pitch range: pitches are folded by octaves into it),
+    ``seed`` (None: random).
+    """
+
+    name = "markov"
+    modes = frozenset({"continue"})
+    default_config = {"order": 4, "temperature": 1.0, "max_history": 2000, "low": 24, "high": 108, "seed": None}
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        c = self.config
+        self.order = int(c["order"])
+        self.temperature = float(c["temperature"])
+        self.max_history = int(c["max_history"])
+        self.low = max(0, min(127, int(c["low"])))
+        self.high = max(self.low, min(127, int(c["high"])))
+        if self.order < 0 or self.max_history < 1:
+            raise ValueError("order must be >= 0 and max_history >= 1")
+        self.rng = random.Random(c["seed"])
+        self.ops = 0  # index insertions + removals: instrumentation for tests
+        self.forget()
+
+    def forget(self) -> None:
+        """Erase everything learned (and the phrase state)."""
+        self._history: deque[_Event] = deque()
+        self._index: dict[tuple, dict[tuple, deque[_Event]]] = {}
+        self._sounding: dict[tuple[int, int], _Event] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the phrase position (context and previous note), keep what was learned."""
+        self._context: deque[tuple] = deque(maxlen=self.order)
+        self._prev: tuple[int, float] | None = None  # (pitch, beat) of the last note-on
+
+    @property
+    def history_size(self) -> int:
+        return len(self._history)
+
+    def observe(self, event: PlayedEvent) -> None:
+        key = (event.channel, event.pitch)
+        if not event.on:
+            ev = self._sounding.pop(key, None)
+            if ev is not None:
+                ev.duration = max(event.beat - ev.onset, 1.0 / GRID)
+            return
+        if self._prev is None:
+            token, interval, ioi = START, 0, 1.0
+        else:
+            interval = event.pitch - self._prev[0]
+            ioi = min(max(event.beat - self._prev[1], 0.0), MAX_IOI_BEATS)
+            token = (interval, round(ioi * GRID))
+        ctx = tuple(self._context)
+        keys = tuple(ctx[len(ctx) - k:] if k else () for k in range(len(ctx) + 1))
+        ev = _Event(token, event.pitch, interval, ioi, event.velocity, event.beat, keys)
+        for k in keys:
+            self._index.setdefault(k, {}).setdefault(token, deque()).append(ev)
+            self.ops += 1
+        self._history.append(ev)
+        held = self._sounding.get(key)
+        if held is not None and held.duration is None:  # re-struck before its note-off
+            held.duration = max(event.beat - held.onset, 1.0 / GRID)
+        self._sounding[key] = ev
+        self._context.append(token)
+        self._prev = (event.pitch, event.beat)
+        if len(self._history) > self.max_history:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        old = self._history.popleft()
+        for k in old.keys:
+            by_token = self._index[k]
+            events = by_token[old.token]
+            events.popleft()  # events are appended in time order: the oldest is first
+            self.ops += 1
+            if not events:
+                del by_token[old.token]
+                if not by_token:
+                    del self._index[k]
+
+    def _next_event(self, context: deque) -> _Event:
+        """Longest matching context first, backing off to shorter ones (order 0 always matches)."""
+        ctx = tuple(context)
+        for k in range(len(ctx), -1, -1):
+            by_token = self._index.get(ctx[len(ctx) - k:] if k else ())
+            if by_token:
+                token = _choose(self.rng, [(t, len(evs)) for t, evs in by_token.items()], self.temperature)
+                events = by_token[token]
+                return events[self.rng.randrange(len(events))]
+        raise LookupError("empty model")  # unreachable while the history is non-empty
+
+    def _fold(self, pitch: int) -> int:
+        while pitch > self.high and pitch - 12 >= self.low:
+            pitch -= 12
+        while pitch < self.low and pitch + 12 <= self.high:
+            pitch += 12
+        return max(self.low, min(self.high, pitch))
+
+    def continuation(self, context: Context) -> Iterator[Note]:
+        """Yield the answer lazily: one model step per note pulled."""
+        if not self._history:
+            return
+        ctx = deque(self._context, maxlen=self._context.maxlen)
+        pitch = self._prev[0] if self._prev is not None else None
+        start, count, same_start = 0.0, 0, 0
+        while True:
+            if context.max_notes > 0 and count >= context.max_notes:
+                return
+            ev = self._next_event(ctx)
+            if count:
+                same_start = same_start + 1 if ev.ioi == 0 else 0
+                start += ev.ioi
+            if same_start >= MAX_SAME_START:
+                return
+            if context.max_beats > 0 and start >= context.max_beats:
+                return
+            pitch = self._fold(ev.pitch if pitch is None else pitch + ev.interval)
+            duration = ev.duration if ev.duration is not None else DEFAULT_DURATION
+            if context.max_beats > 0:
+                duration = min(duration, context.max_beats - start)
+            ctx.append(ev.token)
+            count += 1
+            yield Note(pitch=pitch, velocity=max(1, min(127, ev.velocity)), start=start, duration=duration)

@@ -84,7 +84,7 @@ def create(info: PluginInfo, settings: Mapping[str, Any] | None) -> Generator:
     unknown = sorted(set(settings) - set(cls.default_config))
     if unknown:
         allowed = ", ".join(cls.default_config) or "none"
-        raise PluginError(f"config: unknown key 'generators.{info.name}.{unknown[0]}' "
+        raise PluginError(f"{info.where()}: config: unknown key 'generators.{info.name}.{unknown[0]}' "
                           f"(allowed: {allowed})")
     try:
         gen = cls(settings)

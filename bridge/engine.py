@@ -76,6 +76,7 @@ class Engine:
         self._cont: Iterator[Note] | None = None
         self._cont_t0 = 0
         self._cont_count = 0
+        self._cont_skipped = 0
         self._cont_next: Note | None = None
         self._cont_until = 0  # when the last note of the answer ends
         self.stats = {"events_in": 0, "notes_in": 0, "malformed": 0, "echoes": 0, "filtered": 0,
@@ -173,7 +174,7 @@ class Engine:
             if on:
                 self.sched.note(now, None, tch, pitch, velocity, THRU, safety=False)
             else:
-                self.sched.release(now, tch, pitch, THRU)
+                self.sched.release(now, tch, pitch, THRU, velocity)
             self.sched.pump(now)  # the played note goes out before any generator work
         if self.mode == "thru" or self.gen is None:
             return
@@ -192,7 +193,12 @@ class Engine:
             self.sched.end_tag(now, tag)  # a re-pressed key ends its old accompaniment
             if on:
                 notes = self._call(self.gen.accompany, ev, self._context(now))
-                for n in notes or ():
+                try:
+                    notes = list(notes or ())
+                except Exception as e:  # noqa: BLE001 - not a sequence of notes
+                    self._plugin_error("accompany", e)
+                    notes = []
+                for n in notes:
                     if self._valid(n):
                         t_on = now + self.tempo.beats_to_ns(n.start)
                         t_off = None if n.duration is None else t_on + self.tempo.beats_to_ns(n.duration)
@@ -217,8 +223,14 @@ class Engine:
         it = self._call(self.gen.continuation, ctx)
         if it is None:
             return
+        try:
+            it = iter(it)
+        except TypeError as e:
+            self._plugin_error("continuation", e)
+            return
         self.stats["answers"] += 1
-        self._cont, self._cont_t0, self._cont_count, self._cont_next = iter(it), now, 0, None
+        self._cont, self._cont_t0, self._cont_count, self._cont_next = it, now, 0, None
+        self._cont_skipped = 0
 
     def _pull(self, now: int) -> None:
         """Schedule the answer's notes that start within the lookahead, pulling lazily."""
@@ -235,6 +247,10 @@ class Engine:
                     self._end_continuation()
                     return
                 if not self._valid(n, need_duration=True):
+                    self._cont_skipped += 1
+                    if self._cont_skipped >= self.max_notes:  # only garbage: give up
+                        self._end_continuation()
+                        return
                     continue
                 if self._cont_count >= self.max_notes or n.start >= self.max_beats:
                     self._end_continuation()

@@ -70,8 +70,8 @@ def note_on(channel: int, pitch: int, velocity: int) -> tuple[int, int, int]:
     return (NOTE_ON | channel, pitch, velocity)
 
 
-def note_off(channel: int, pitch: int) -> tuple[int, int, int]:
-    return (NOTE_OFF | channel, pitch, 0)
+def note_off(channel: int, pitch: int, velocity: int = 0) -> tuple[int, int, int]:
+    return (NOTE_OFF | channel, pitch, velocity)
 
 
 def control(channel: int, number: int, value: int) -> tuple[int, int, int]:

@@ -27,7 +27,9 @@ Methods (all but ``observe`` optional, depending on the modes declared):
   up front.
 * ``accompany(event, context)`` - ``accompany`` mode.  Returns the notes that sound with
   the played note-on ``event``; a note whose ``duration`` is ``None`` ends when the
-  played note ends (the usual case), otherwise after ``duration`` beats.
+  played note ends (the usual case), otherwise after ``duration`` beats or when the
+  played note ends, whichever comes first.  ``accompany`` is called after ``observe``
+  of the same event.
 * ``close()`` - release resources when the bridge stops or drops the generator.
 
 The bridge guarantees that every note it starts on a plugin's behalf is ended (note-off

@@ -76,9 +76,9 @@ class Scheduler:
         """Schedule any other message (control change, program change, ...)."""
         self._push(t, msg, tag)
 
-    def release(self, t: int, channel: int, pitch: int, tag: Tag) -> None:
+    def release(self, t: int, channel: int, pitch: int, tag: Tag, velocity: int = 0) -> None:
         """End ``(channel, pitch)`` at ``t`` if it is sounding for ``tag`` then."""
-        self._push(t, midi.note_off(channel, pitch), tag, -1)
+        self._push(t, midi.note_off(channel, pitch, velocity), tag, -1)
 
     # -- ending -------------------------------------------------------------------------
 
@@ -102,9 +102,9 @@ class Scheduler:
         for key in keys:
             self._push(t, midi.note_off(*key), None, -2)
         for ch in channels:
-            self._push(t, midi.control(ch, midi.CC_SUSTAIN, 0), None)
+            self._push(t, midi.control(ch, midi.CC_SUSTAIN, 0), None, -2)
         for ch in channels:
-            self._push(t, midi.control(ch, midi.CC_ALL_NOTES_OFF, 0), None)
+            self._push(t, midi.control(ch, midi.CC_ALL_NOTES_OFF, 0), None, -2)
 
     @property
     def sounding(self) -> dict[Key, tuple[int, Tag]]:
@@ -140,6 +140,9 @@ class Scheduler:
                 if key in self._sounding:  # retrigger: end the old note first
                     self._unmark(key)
                     self._emit(midi.note_off(*key), now, t)
+                    if self._tokens < 1.0:  # the note-on waits for its own token
+                        heapq.heappush(heap, [t, seq, msg, tag, epoch, serial, safety_ns])
+                        continue
                 self._sounding[key] = (seq, tag)
                 self._by_tag.setdefault(tag, set()).add(key)
                 if safety_ns:
@@ -151,7 +154,7 @@ class Scheduler:
                         serial == -1 and tag is not None and cur[1] != tag):
                     continue  # that note already ended (or was retriggered)
                 self._unmark(key)
-            self._emit(msg, now, t)
+            self._emit(msg, now, t, mark=serial != -2)
 
     def _unmark(self, key: Key) -> None:
         serial, tag = self._sounding.pop(key)
@@ -161,9 +164,9 @@ class Scheduler:
             if not keys:
                 del self._by_tag[tag]
 
-    def _emit(self, msg: tuple[int, ...], now: int, due: int) -> None:
+    def _emit(self, msg: tuple[int, ...], now: int, due: int, mark: bool = True) -> None:
         self._tokens -= 1.0
-        if msg[0] < 0xF0:
+        if mark and msg[0] < 0xF0:
             self.channels_used.add(msg[0] & 0x0F)
         late = now - due
         if late > self.late_ns_max:

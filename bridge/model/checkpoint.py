@@ -1,0 +1,75 @@
+"""Checkpoints: a plain dict of tensors, strings and numbers, loaded with
+``torch.load(weights_only=True)`` -- a file that would run code on load is refused.
+
+Layout: ``{"format": "midi-bridge-rnn", "meta": <JSON string>, "model": state_dict,
+["train": optimizer/scheduler state for --resume]}``.  ``meta`` holds the encoding version
+and spec, the hyperparameters, the style labels, the dataset hash, metrics and the
+training command.  Weights may be stored in float16 (shipped defaults) and are loaded as
+float32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from .encoding import ENCODING_VERSION, EventSpec
+from .rnn import EventRNN, ModelConfig
+
+FORMAT = "midi-bridge-rnn"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot or must not be loaded; the message says why."""
+
+
+def save(path: str | os.PathLike, model: EventRNN, meta: dict, train_state: dict | None = None,
+         half: bool = False) -> None:
+    model = getattr(model, "module", model)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in model.state_dict().items()}
+    full = dict(meta)
+    full.update({"encoding_version": ENCODING_VERSION, "spec": model.spec.to_dict(),
+                 "model": model.cfg.to_dict(), "n_styles": model.n_styles})
+    blob = {"format": FORMAT, "meta": json.dumps(full), "model": state}
+    if train_state is not None:
+        blob["train"] = train_state
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def load_raw(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain tensor checkpoint -- loading it would "
+            f"import or call Python objects (possibly running code). Only checkpoints written by "
+            f"midi-bridge train are accepted. ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a midi-bridge RNN checkpoint")
+    return blob
+
+
+def load(path: str | os.PathLike) -> tuple[EventRNN, dict, dict | None]:
+    """``(model in eval mode on the CPU, meta, train_state or None)``."""
+    blob = load_raw(path)
+    meta = json.loads(blob["meta"])
+    if meta.get("encoding_version") != ENCODING_VERSION:
+        raise CheckpointError(f"{path}: encoding version {meta.get('encoding_version')} is not "
+                              f"{ENCODING_VERSION}; retrain or use a matching midi-bridge")
+    model = EventRNN(EventSpec.from_dict(meta["spec"]), meta["n_styles"], ModelConfig.from_dict(meta["model"]))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["model"].items()}
+    model.load_state_dict(state)
+    return model.eval(), meta, blob.get("train")

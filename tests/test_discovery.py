@@ -1,0 +1,253 @@
+"""bridge.discovery and bridge.host: broken plugins are reported, the others keep working."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+from importlib import metadata
+
+import pytest
+
+from bridge import discovery
+from bridge.host import GeneratorHost
+from bridge.plugin import ENTRY_POINT_GROUP, Generator, PluginError
+
+PLUGIN_MODULE = textwrap.dedent('''
+    from bridge.plugin import Generator, Note
+
+    class Good(Generator):
+        modes = frozenset({"continue"})
+        default_config = {"depth": 3}
+        def continuation(self, context):
+            yield Note(60)
+
+    class Other(Generator):
+        name = "other-display-name"
+        modes = frozenset({"accompany"})
+        def accompany(self, event, context):
+            return []
+
+    class OldApi(Generator):
+        api_version = 0
+        modes = frozenset({"continue"})
+
+    class WeirdMode(Generator):
+        modes = frozenset({"continue", "harmonise"})
+
+    class NotAGenerator:
+        modes = frozenset({"continue"})
+
+    def factory():
+        return Good()
+
+    class Explodes(Generator):
+        modes = frozenset({"continue"})
+        def __init__(self, config=None):
+            raise RuntimeError("checkpoint missing")
+''')
+
+
+class FakeDist:
+    def __init__(self, name: str, version: str) -> None:
+        self.metadata = {"Name": name}
+        self.version = version
+
+
+class FakeEntryPoint:
+    """What discovery reads from an entry point: name, value, dist, load()."""
+
+    def __init__(self, name: str, value: str, dist: FakeDist | None) -> None:
+        self.name, self.value, self.dist, self.group = name, value, dist, ENTRY_POINT_GROUP
+        self.loads = 0
+
+    def load(self):
+        self.loads += 1
+        return metadata.EntryPoint(self.name, self.value, self.group).load()
+
+
+@pytest.fixture
+def fake_plugins(tmp_path, monkeypatch):
+    """Entry points of a few distributions, good and broken; returns them by name."""
+    mod = "fake_bridge_plugins_mod"
+    (tmp_path / f"{mod}.py").write_text(PLUGIN_MODULE)
+    (tmp_path / "fake_broken_import_mod.py").write_text("import this_module_does_not_exist_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in (mod, "fake_broken_import_mod"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    good = FakeDist("good-gens", "1.2.3")
+    bad = FakeDist("broken-gens", "0.0.1")
+    eps = [
+        FakeEntryPoint("good", f"{mod}:Good", good),
+        FakeEntryPoint("other", f"{mod}:Other", good),
+        FakeEntryPoint("noimport", "fake_broken_import_mod:Gen", bad),
+        FakeEntryPoint("missingattr", f"{mod}:DoesNotExist", bad),
+        FakeEntryPoint("oldapi", f"{mod}:OldApi", bad),
+        FakeEntryPoint("weirdmode", f"{mod}:WeirdMode", bad),
+        FakeEntryPoint("notagen", f"{mod}:NotAGenerator", bad),
+        FakeEntryPoint("factory", f"{mod}:factory", bad),
+        FakeEntryPoint("explodes", f"{mod}:Explodes", bad),
+        FakeEntryPoint("good", f"{mod}:Other", bad),   # same name registered twice
+    ]
+
+    def entry_points(**kw):
+        assert kw == {"group": ENTRY_POINT_GROUP}
+        return list(eps)
+
+    monkeypatch.setattr(discovery.metadata, "entry_points", entry_points)
+    return {ep.name + ("#2" if ep.dist is bad and ep.name == "good" else ""): ep for ep in eps}
+
+
+def test_discover_lists_without_importing(fake_plugins):
+    infos = discovery.discover()
+    assert sorted(infos) == sorted(["good", "other", "noimport", "missingattr", "oldapi",
+                                    "weirdmode", "notagen", "factory", "explodes"])
+    assert all(ep.loads == 0 for ep in fake_plugins.values())
+    assert all(i.status == "not loaded" for i in infos.values())
+    assert (infos["good"].distribution, infos["good"].version) == ("good-gens", "1.2.3")
+    assert (infos["oldapi"].distribution, infos["oldapi"].version) == ("broken-gens", "0.0.1")
+
+
+def test_first_registration_of_a_name_wins(fake_plugins, caplog):
+    with caplog.at_level(logging.WARNING):
+        infos = discovery.discover()
+    assert infos["good"].distribution == "good-gens"
+    assert "shadowed" in caplog.text
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("noimport", "import failed: ModuleNotFoundError"),
+    ("missingattr", "import failed: AttributeError"),
+    ("oldapi", "written for plugin API v0, this bridge provides v1"),
+    ("weirdmode", "unknown modes ['harmonise']"),
+    ("notagen", "is not a subclass of bridge.plugin.Generator"),
+    ("factory", "is not a subclass of bridge.plugin.Generator"),
+])
+def test_a_plugin_that_cannot_load_is_reported_with_distribution_version_and_reason(
+        fake_plugins, name, reason):
+    infos = discovery.discover()
+    with pytest.raises(PluginError) as e:
+        discovery.load_class(infos[name])
+    text = str(e.value)
+    for part in (f"plugin '{name}'", "broken-gens", "0.0.1", reason):
+        assert part in text, f"{part!r} missing from: {text}"
+    assert infos[name].status == "error"
+    assert reason in infos[name].error
+    assert infos[name].as_json()["status"] == "error"
+
+
+def test_a_plugin_whose_constructor_raises_is_reported(fake_plugins):
+    infos = discovery.discover()
+    with pytest.raises(PluginError) as e:
+        discovery.create(infos["explodes"], {})
+    text = str(e.value)
+    for part in ("plugin 'explodes'", "broken-gens", "0.0.1",
+                 "construction failed: RuntimeError: checkpoint missing"):
+        assert part in text, f"{part!r} missing from: {text}"
+    assert infos["explodes"].status == "error"
+
+
+def test_an_unknown_plugin_config_key_is_refused_naming_the_key_and_the_plugin(fake_plugins):
+    infos = discovery.discover()
+    with pytest.raises(PluginError) as e:
+        discovery.create(infos["good"], {"depht": 4})
+    text = str(e.value)
+    assert "generators.good.depht" in text
+    assert "allowed: depth" in text
+    assert "\n" not in text
+    # the good plugin is still usable with good settings
+    assert discovery.create(infos["good"], {"depth": 2}).config == {"depth": 2}
+
+
+def test_an_unknown_plugin_config_key_names_the_distribution_and_version(fake_plugins):
+    """BUG candidate (per the brief): every plugin failure names distribution and version;
+    the unknown-key refusal names only the key."""
+    infos = discovery.discover()
+    with pytest.raises(PluginError) as e:
+        discovery.create(infos["good"], {"depht": 4})
+    text = str(e.value)
+    assert "good-gens" in text and "1.2.3" in text, text
+
+
+def test_good_plugins_load_and_construct_after_broken_ones_failed(fake_plugins):
+    infos = discovery.discover()
+    for name in ("noimport", "oldapi", "notagen", "explodes"):
+        with pytest.raises(PluginError):
+            discovery.create(infos[name], {})
+    gen = discovery.create(infos["good"], {"depth": 5})
+    assert isinstance(gen, Generator)
+    assert gen.config == {"depth": 5}
+    assert gen.name == "good"                    # the entry-point name when the class has none
+    assert infos["good"].status == "ok" and infos["good"].modes == ("continue",)
+    other = discovery.create(infos["other"], None)
+    assert other.name == "other-display-name"
+    assert infos["other"].modes == ("accompany",)
+    assert fake_plugins["good"].loads == 1
+    discovery.create(infos["good"], {})
+    assert fake_plugins["good"].loads == 1       # the class is imported once
+
+
+def test_default_config_is_merged_under_the_settings(fake_plugins):
+    infos = discovery.discover()
+    assert discovery.create(infos["good"], None).config == {"depth": 3}
+
+
+def test_host_reports_broken_plugins_and_serves_the_good_ones(fake_plugins):
+    host = GeneratorHost({"good": {"depth": 1}}, plugins=discovery.discover(), post=None)
+    assert host.names() == sorted(["good", "other", "noimport", "missingattr", "oldapi",
+                                   "weirdmode", "notagen", "factory", "explodes"])
+    with pytest.raises(PluginError, match="broken-gens"):
+        host.get("noimport")
+    with pytest.raises(PluginError, match="no generator named 'nope'.*available: "):
+        host.get("nope")
+    g = host.get("good")
+    assert g.config == {"depth": 1}
+    assert host.get("good") is g
+
+    results = []
+    host.request("explodes", lambda name, gen, err: results.append((name, gen, err)))
+    host.request("other", lambda name, gen, err: results.append((name, gen, err)))
+    assert results[0][0] == "explodes" and results[0][1] is None
+    assert "construction failed" in results[0][2]
+    assert results[1][0] == "other" and isinstance(results[1][1], Generator) and results[1][2] == ""
+
+
+def test_host_resolve():
+    host = GeneratorHost({}, order=["b", "a"], plugins={}, post=None)
+    assert host.resolve(0, None) == "b"
+    assert host.resolve(1, "b") == "a"
+    assert host.resolve(2, "b") is None
+    assert host.resolve("next", "b") == "a"
+    assert host.resolve("next", "a") == "b"
+    assert host.resolve("next", None) == "b"
+    assert host.resolve("markov", None) == "markov"
+    assert GeneratorHost({}, plugins={}, post=None).resolve("next", None) is None
+
+
+def test_host_close_closes_every_generator_and_survives_a_failing_close(fake_plugins, caplog):
+    closed = []
+
+    class Closing(Generator):
+        modes = frozenset({"continue"})
+
+        def close(self):
+            closed.append(self)
+            raise OSError("already gone")
+
+    from helpers import plugin_info
+    host = GeneratorHost({}, plugins={"x": plugin_info("x", Closing), "y": plugin_info("y", Closing)},
+                         post=None)
+    host.get("x"), host.get("y")
+    with caplog.at_level(logging.ERROR):
+        host.close()
+    assert len(closed) == 2
+
+
+def test_the_installed_first_party_plugins_are_discovered_through_entry_points():
+    infos = discovery.discover()  # the real entry points of this checkout's install
+    for name, mode in (("markov", "continue"), ("harmony", "accompany")):
+        assert name in infos
+        cls = discovery.load_class(infos[name])
+        assert issubclass(cls, Generator)
+        assert mode in infos[name].modes
+        assert infos[name].distribution == "midi-bridge"

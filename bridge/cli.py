@@ -24,6 +24,8 @@ OVERRIDES = {
     "out_port": "ports.out_name",
     "generator": "engine.generator",
     "mode": "engine.mode",
+    "quantize": "output.quantize",
+    "bpm": "engine.bpm",
 }
 
 
@@ -140,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-name", help="MIDI client name")
     p.add_argument("--in-port", help="name of the virtual input port")
     p.add_argument("--out-port", help="name of the virtual output port")
+    p.add_argument("--quantize", metavar="GRID", help="answer grid: off, 1/4, 1/8, 1/16, 1/8t, ...")
+    p.add_argument("--bpm", type=float, metavar="N", help="tempo of the internal clock")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("render", help="run the engine over a MIDI file in simulated time")
@@ -147,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN.mid")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mid")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--quantize", metavar="GRID", help="answer grid: off, 1/4, 1/8, 1/16, 1/8t, ...")
+    p.add_argument("--bpm", type=float, metavar="N", help="tempo when the file has none")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("ports", help="list MIDI ports per backend")

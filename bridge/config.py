@@ -107,6 +107,11 @@ def _thru_channel(v: Any) -> int | None:
         raise ValueError("'same' or a channel 1-16") from None
 
 
+def _grid(v: Any) -> Any:
+    from .grid import parse_grid
+    return parse_grid(v if v is None or isinstance(v, str) else str(v))
+
+
 def _generators(v: Any) -> dict[str, dict]:
     if not isinstance(v, dict) or not all(isinstance(k, str) and (s is None or isinstance(s, dict))
                                           for k, s in v.items()):
@@ -137,21 +142,36 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "output_channel": Key(1, _channel),
         "bpm": Key(120, _num(20, 400)),
         "max_note_beats": Key(8, _num(0.05, 64)),
+        "beats_per_bar": Key(4, _num(1, 32, integer=True)),
+        "realtime": Key(True, _bool),
+    },
+    "clock": {
+        "follow": Key(True, _bool),
+        "timeout_ms": Key(500, _num(50, 10000)),
+        "window": Key(48, _num(4, 960, integer=True)),
     },
     "phrase": {
         "silence_ms": Key(600, _num(50, 10000)),
         "min_notes": Key(2, _num(1, 1000, integer=True)),
         "max_notes": Key(64, _num(1, 4096, integer=True)),
+        "silence_beats": Key(None, _opt(_num(0.125, 64), "use silence_ms")),
+        "min_beats": Key(0, _num(0, 256)),
     },
     "continuation": {
         "max_notes": Key(16, _num(1, 1024, integer=True)),
         "max_beats": Key(8, _num(0.25, 256)),
         "lookahead_ms": Key(30, _num(0, 1000)),
+        "max_bars": Key(None, _opt(_num(0.25, 64), "use max_beats")),
+        "start_on": Key("beat", _choice("now", "beat", "bar")),
+        "speculate": Key(True, _bool),
     },
     "output": {
         "burst": Key(64, _num(1, 4096, integer=True)),
         "rate_per_ms": Key(8, _num(0.1, 1000)),
         "drain_ms": Key(60, _num(0, 5000)),
+        "quantize": Key("off", _grid),
+        "swing": Key(0, _num(0, 0.75)),
+        "humanize_ms": Key(0, _num(0, 100)),
     },
     "control": {
         "channel": Key(16, _channel),

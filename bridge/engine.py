@@ -15,7 +15,14 @@ Modes:
   came for ``phrase.silence_ms``, once it has ``phrase.min_notes`` notes; the
   generator's continuation is then pulled lazily, ``continuation.lookahead_ms`` ahead of
   each note, up to ``continuation.max_notes``/``max_beats``.  Playing again interrupts
-  it: everything it sounds is ended at once.
+  it: everything it sounds is ended at once.  While the player is silent the engine
+  pre-samples the answer's first note (``continuation.speculate``) so it goes out at once.
+
+Time: with a MIDI clock arriving (``clock.follow``) beats are the DAW's song position
+and tempo (:mod:`bridge.sync`); answers start on the next beat or bar
+(``continuation.start_on``) and notes can be quantised to a grid with swing.  Without a
+clock the internal tempo (``engine.bpm``) converts beats, and answers start at once.
+Transport Stop ends every generated note and resets the phrase; Start rewinds.
 """
 
 from __future__ import annotations
@@ -25,12 +32,17 @@ import math
 from collections import deque
 from typing import Any, Callable, Iterator
 
+import random
+
 from . import midi
+from .answer import Answer
 from .clock import Tempo
+from .grid import next_boundary, quantize
 from .guard import FeedbackGuard
 from .host import GeneratorHost
 from .plugin import Context, Generator, Note, PlayedEvent, PluginError
 from .scheduler import Scheduler
+from .sync import ClockFollower
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +69,28 @@ class Engine:
         self.control_channel: int = ctl["channel"]
         self.program_change: bool = ctl["program_change"]
         self.next_cc = ctl["next_cc"]
-        self.silence_ns = int(ph["silence_ms"] * 1e6)
+        self.silence_ms: float = ph["silence_ms"]
+        self.silence_beats: float | None = ph["silence_beats"]
         self.min_notes: int = ph["min_notes"]
+        self.min_beats: float = ph["min_beats"]
         self.max_notes: int = co["max_notes"]
-        self.max_beats: float = co["max_beats"]
+        self.beats_per_bar: int = eng["beats_per_bar"]
+        self.max_beats: float = (co["max_beats"] if co["max_bars"] is None
+                                 else co["max_bars"] * self.beats_per_bar)
         self.lookahead_ns = int(co["lookahead_ms"] * 1e6)
+        self.start_on: str = co["start_on"]
+        self.speculate: bool = co["speculate"]
         self.max_note_beats: float = eng["max_note_beats"]
+        self.grid: float | None = out["quantize"]
+        self.swing: float = out["swing"]
+        self.humanize_ns = out["humanize_ms"] * 1e6
+        self._rng = random.Random()
+        clk = config["clock"]
+        self.follow_clock: bool = clk["follow"]
+        self.sync = ClockFollower(eng["bpm"], window=clk["window"],
+                                  timeout_ns=int(clk["timeout_ms"] * 1e6))
+        self._synced = False      # what the log last said about the clock source
+        self._logged_bpm = 0.0
 
         self.host = host
         self.gen: Generator | None = None
@@ -72,16 +100,14 @@ class Engine:
         self.held: set[tuple[int, int]] = set()
         self.phrase: deque[PlayedEvent] = deque(maxlen=ph["max_notes"])
         self.phrase_notes = 0
+        self.phrase_start_ns = 0
         self.last_input_ns: int | None = None
-        self._cont: Iterator[Note] | None = None
-        self._cont_t0 = 0
-        self._cont_count = 0
-        self._cont_skipped = 0
-        self._cont_next: Note | None = None
+        self._answer: Answer | None = None   # playing
+        self._spec: Answer | None = None     # pre-sampled while the player is silent
         self._cont_until = 0  # when the last note of the answer ends
         self.stats = {"events_in": 0, "notes_in": 0, "malformed": 0, "echoes": 0, "filtered": 0,
                       "plugin_errors": 0, "bad_notes": 0, "answers": 0, "interrupted": 0,
-                      "swaps": 0, "system": 0}
+                      "swaps": 0, "system": 0, "speculated": 0, "speculation_used": 0}
         self._warned: set[str] = set()
 
     # -- generator selection ----------------------------------------------------------
@@ -137,6 +163,8 @@ class Engine:
         status = msg[0]
         if status >= 0xF0:
             self.stats["system"] += 1
+            if self.follow_clock:
+                self._system(t, now, msg)
             return
         ch, kind = status & 0x0F, status & 0xF0
         if ch == self.control_channel and self._control(kind, msg):
@@ -149,6 +177,57 @@ class Engine:
         elif self.thru_on or self.mode == "thru":
             self.sched.message(now, self._thru_remap(msg), THRU)
         self.sched.pump(now)
+
+    def _system(self, t: int, now: int, msg: tuple[int, ...]) -> None:
+        """MIDI clock and transport (timed by arrival, ``t``)."""
+        status, sync = msg[0], self.sync
+        if status == midi.CLOCK:
+            sync.clock(t)
+            if not self._synced and sync.synced(now) and len(sync._pts) >= 12:
+                self._synced = True
+                self._logged_bpm = sync.bpm(now)
+                log.info("clock: following MIDI clock at %.1f bpm", self._logged_bpm)
+            elif self._synced and abs(sync.bpm(now) - self._logged_bpm) > 0.02 * self._logged_bpm:
+                self._logged_bpm = sync.bpm(now)
+                log.info("clock: tempo %.1f bpm", self._logged_bpm)
+        elif status == midi.START:
+            sync.start(t)
+            log.info("transport: start")
+        elif status == midi.CONTINUE:
+            sync.continue_(t)
+            log.info("transport: continue at beat %.2f", sync.position_beats(now))
+        elif status == midi.STOP:
+            sync.stop(t)
+            log.info("transport: stop")
+            self._end_everything(now)
+            self._reset_phrase()
+            if self.gen is not None:
+                self._call(self.gen.reset)
+        elif status == midi.SONG_POSITION:
+            sync.song_position(msg[1] | (msg[2] << 7))
+
+    def _reset_phrase(self) -> None:
+        self.phrase.clear()
+        self.phrase_notes = 0
+        self.last_input_ns = None
+        self._drop_speculation()
+
+    # -- time in beats ------------------------------------------------------------------------
+
+    def _clocked(self, now: int) -> bool:
+        return self.follow_clock and self.sync.synced(now)
+
+    def beat_at(self, now: int) -> float:
+        """Beats now: the DAW's song position when a clock runs, else the internal tempo's."""
+        if self._clocked(now) and self.sync.running:
+            return self.sync.position_beats(now)
+        return self.tempo.beat_at(now)
+
+    def ns_per_beat(self, now: int) -> float:
+        return self.sync.ns_per_beat(now) if self._clocked(now) else self.tempo.ns_per_beat
+
+    def bpm(self, now: int) -> float:
+        return self.sync.bpm(now) if self._clocked(now) else self.tempo.bpm
 
     def _control(self, kind: int, msg: tuple[int, ...]) -> bool:
         if kind == midi.PROGRAM and self.program_change:
@@ -167,7 +246,8 @@ class Engine:
 
     def _note(self, now: int, on: bool, ch: int, pitch: int, velocity: int) -> None:
         self.stats["notes_in"] += on
-        if on and (self._cont is not None or now < self._cont_until):
+        self._drop_speculation()  # the generator's state is about to change
+        if on and (self._answer is not None or now < self._cont_until):
             self._interrupt(now)
         if self.thru_on or self.mode == "thru":
             tch = ch if self.thru_channel is None else self.thru_channel
@@ -178,9 +258,11 @@ class Engine:
             self.sched.pump(now)  # the played note goes out before any generator work
         if self.mode == "thru" or self.gen is None:
             return
-        ev = PlayedEvent(on, pitch, velocity, ch, self.tempo.beat_at(now), (now - self._origin) / 1e9)
+        ev = PlayedEvent(on, pitch, velocity, ch, self.beat_at(now), (now - self._origin) / 1e9)
         key = (ch, pitch)
         if on:
+            if not self.phrase_notes:
+                self.phrase_start_ns = now
             self.held.add(key)
             self.phrase.append(ev)
             self.phrase_notes += 1
@@ -200,77 +282,114 @@ class Engine:
                     notes = []
                 for n in notes:
                     if self._valid(n):
-                        t_on = now + self.tempo.beats_to_ns(n.start)
-                        t_off = None if n.duration is None else t_on + self.tempo.beats_to_ns(n.duration)
+                        nspb = self.ns_per_beat(now)
+                        t_on = now + round(n.start * nspb)
+                        t_off = None if n.duration is None else t_on + round(n.duration * nspb)
                         self.sched.note(t_on, t_off, self._channel(n), n.pitch, n.velocity, tag)
 
     # -- continuation -----------------------------------------------------------------------
 
     def _context(self, now: int) -> Context:
-        return Context(self.tempo.bpm, self.tempo.beat_at(now), self.max_notes, self.max_beats,
+        return Context(self.bpm(now), self.beat_at(now), self.max_notes, self.max_beats,
                        tuple(self.phrase))
 
-    def _phrase_end_at(self) -> int | None:
-        if (self.mode != "continue" or self._cont is not None or self.held or self.gen is None
+    def _phrase_end_at(self, now: int) -> int | None:
+        if (self.mode != "continue" or self._answer is not None or self.held or self.gen is None
                 or self.phrase_notes < self.min_notes or self.last_input_ns is None):
             return None
-        return self.last_input_ns + self.silence_ns
+        nspb = self.ns_per_beat(now)
+        if self.min_beats and self.last_input_ns - self.phrase_start_ns < self.min_beats * nspb:
+            return None
+        silence = self.silence_beats * nspb if self.silence_beats else self.silence_ms * 1e6
+        return self.last_input_ns + int(silence)
 
-    def _start_continuation(self, now: int) -> None:
-        ctx = self._context(now)
-        self.phrase.clear()
-        self.phrase_notes = 0
-        it = self._call(self.gen.continuation, ctx)
+    def _new_answer(self, now: int) -> Answer | None:
+        it = self._call(self.gen.continuation, self._context(now))
         if it is None:
-            return
+            return None
         try:
-            it = iter(it)
+            return Answer(iter(it))
         except TypeError as e:
             self._plugin_error("continuation", e)
+            return None
+
+    def _speculate(self, now: int) -> None:
+        """Pre-sample the answer's first note while the player is silent (between events)."""
+        spec = self._spec
+        if spec is None:
+            spec = self._spec = self._new_answer(now)
+            if spec is None:
+                self.speculate = False  # the generator fails here: do not retry every tick
+                return
+            self.stats["speculated"] += 1
+        spec.peek(self._valid_cont, self.max_notes, self.max_beats, self._cont_error)
+
+    def _drop_speculation(self) -> None:
+        if self._spec is not None:
+            spec, self._spec = self._spec, None
+            spec.close(self._call)
+
+    def _start_answer(self, now: int) -> None:
+        if self._spec is not None:
+            answer, self._spec = self._spec, None
+            self.stats["speculation_used"] += 1
+        else:
+            answer = self._new_answer(now)
+        self.phrase.clear()
+        self.phrase_notes = 0
+        if answer is None:
             return
         self.stats["answers"] += 1
-        self._cont, self._cont_t0, self._cont_count, self._cont_next = it, now, 0, None
-        self._cont_skipped = 0
+        b = b_now = self.beat_at(now)
+        if self._clocked(now) and self.start_on != "now":
+            unit = 1.0 if self.start_on == "beat" else float(self.beats_per_bar)
+            b = next_boundary(b, unit)
+        answer.b0 = b
+        answer.t0 = now + round((b - b_now) * self.ns_per_beat(now))
+        self._answer = answer
+
+    def _note_time(self, answer: Answer, n: Note, now: int) -> int:
+        """When note ``n`` of ``answer`` sounds: its beat, quantised (to the song's grid when
+        clocked, else to the answer's own), converted at the current tempo."""
+        b = answer.b0 + n.start
+        clocked = self._clocked(now)
+        if self.grid is not None:
+            b = quantize(b, self.grid, self.swing, origin=0.0 if clocked else answer.b0)
+        if clocked:  # follow the DAW's position, tempo changes included
+            t = now + round((b - self.beat_at(now)) * self.ns_per_beat(now))
+        else:
+            t = answer.t0 + round((b - answer.b0) * self.ns_per_beat(now))
+        if self.humanize_ns:
+            t += int(max(-2.0, min(2.0, self._rng.gauss(0.0, 1.0))) * self.humanize_ns)
+        return max(t, now)
 
     def _pull(self, now: int) -> None:
         """Schedule the answer's notes that start within the lookahead, pulling lazily."""
-        while self._cont is not None:
-            n = self._cont_next
+        answer = self._answer
+        while answer is not None:
+            n = answer.peek(self._valid_cont, self.max_notes, self.max_beats, self._cont_error)
             if n is None:
-                try:
-                    n = next(self._cont)
-                except StopIteration:
-                    self._end_continuation()
-                    return
-                except Exception as e:  # noqa: BLE001 - a plugin bug must not stop the bridge
-                    self._plugin_error("continuation", e)
-                    self._end_continuation()
-                    return
-                if not self._valid(n, need_duration=True):
-                    self._cont_skipped += 1
-                    if self._cont_skipped >= self.max_notes:  # only garbage: give up
-                        self._end_continuation()
-                        return
-                    continue
-                if self._cont_count >= self.max_notes or n.start >= self.max_beats:
-                    self._end_continuation()
-                    return
-                self._cont_next = n
-            t_on = self._cont_t0 + self.tempo.beats_to_ns(n.start)
+                self._end_answer()
+                return
+            t_on = self._note_time(answer, n, now)
             if t_on > now + self.lookahead_ns:
                 return
             beats = min(n.duration, self.max_note_beats, self.max_beats - n.start)
-            t_off = t_on + max(1, self.tempo.beats_to_ns(beats))
+            t_off = t_on + max(1, round(beats * self.ns_per_beat(now)))
             self.sched.note(t_on, t_off, self._channel(n), n.pitch, n.velocity, CONT)
             self._cont_until = max(self._cont_until, t_off)
-            self._cont_count += 1
-            self._cont_next = None
+            answer.take()
 
-    def _end_continuation(self) -> None:
-        it, self._cont, self._cont_next = self._cont, None, None
-        close = getattr(it, "close", None)
-        if close is not None:
-            self._call(close)
+    def _valid_cont(self, n: Note) -> bool:
+        return self._valid(n, need_duration=True)
+
+    def _cont_error(self, e: BaseException) -> None:
+        self._plugin_error("continuation", e)
+
+    def _end_answer(self) -> None:
+        if self._answer is not None:
+            answer, self._answer = self._answer, None
+            answer.close(self._call)
 
     def _interrupt(self, now: int) -> None:
         """The player plays again: stop the answer and end everything it sounds."""
@@ -278,7 +397,8 @@ class Engine:
         self._end_everything(now)
 
     def _end_everything(self, now: int) -> None:
-        self._end_continuation()
+        self._end_answer()
+        self._drop_speculation()
         self._cont_until = 0
         self.sched.panic(now)
         self.sched.pump(now)
@@ -286,21 +406,29 @@ class Engine:
     # -- time -------------------------------------------------------------------------------
 
     def tick(self, now: int) -> None:
-        """Do what is due at ``now``: phrase end, pulling the answer, sending."""
+        """Do what is due at ``now``: phrase end, pulling the answer, sending, speculating."""
         self._now = now
-        end = self._phrase_end_at()
+        if self._synced and not self._clocked(now):
+            self._synced = False
+            log.info("clock: MIDI clock lost; internal clock at %.1f bpm", self.tempo.bpm)
+        end = self._phrase_end_at(now)
         if end is not None and now >= end:
-            self._start_continuation(now)
-        if self._cont is not None:
+            self._start_answer(now)
+        if self._answer is not None:
             self._pull(now)
         self.sched.pump(now)
+        if end is not None and now < end and self.speculate and (
+                self._spec is None or self._spec.next is None and not self._spec.done):
+            self._speculate(now)
 
     def next_deadline(self, now: int) -> int | None:
-        deadlines = [self.sched.next_deadline(now), self._phrase_end_at()]
-        if self._cont is not None:
-            n = self._cont_next
-            deadlines.append(now if n is None else
-                             self._cont_t0 + self.tempo.beats_to_ns(n.start) - self.lookahead_ns)
+        deadlines = [self.sched.next_deadline(now), self._phrase_end_at(now)]
+        answer = self._answer
+        if answer is not None:
+            deadlines.append(now if answer.next is None else
+                             self._note_time(answer, answer.next, now) - self.lookahead_ns)
+        if self._synced:
+            deadlines.append(self.sync.last_tick_ns + self.sync.timeout_ns + 1)
         live = [d for d in deadlines if d is not None]
         return min(live) if live else None
 

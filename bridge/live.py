@@ -52,7 +52,8 @@ def run(cfg: dict[str, Any]) -> int:
         host.close()
         raise
     engine._send = p.send
-    thread = EngineThread(engine, inbox, drain_s=cfg["output"]["drain_ms"] / 1000)
+    thread = EngineThread(engine, inbox, drain_s=cfg["output"]["drain_ms"] / 1000,
+                          realtime=cfg["engine"]["realtime"])
 
     def on_signal(signum, _frame):
         log.info("%s: ending all notes and stopping", signal.Signals(signum).name)

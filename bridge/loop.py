@@ -10,6 +10,7 @@ carries on; on stop it ends every note, drains the output and returns.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -22,8 +23,10 @@ STOP = ("stop",)
 
 
 class EngineThread(threading.Thread):
-    def __init__(self, engine: Engine, inbox: "queue.SimpleQueue[tuple]", drain_s: float = 0.06) -> None:
+    def __init__(self, engine: Engine, inbox: "queue.SimpleQueue[tuple]", drain_s: float = 0.06,
+                 realtime: bool = False) -> None:
         super().__init__(name="engine", daemon=True)
+        self.realtime = realtime
         self.engine = engine
         self.inbox = inbox
         self.drain_s = drain_s
@@ -33,7 +36,19 @@ class EngineThread(threading.Thread):
     def stop(self) -> None:
         self.inbox.put(STOP)
 
+    def _raise_priority(self) -> None:
+        """SCHED_FIFO for this thread when permitted (rtprio limits), else a quiet fallback."""
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
+            log.info("engine thread: real-time priority (SCHED_FIFO 20)")
+        except (AttributeError, OSError) as e:
+            log.info("engine thread: normal priority (real-time scheduling not permitted: %s; "
+                     "raise 'rtprio' in /etc/security/limits.conf to allow it)",
+                     getattr(e, "strerror", None) or e)
+
     def run(self) -> None:
+        if self.realtime:
+            self._raise_priority()
         now_ns = time.perf_counter_ns
         eng, inbox = self.engine, self.inbox
         try:

@@ -146,6 +146,11 @@ class Rig:
 
     def __init__(self, plugins: dict[str, type] | None = None, start: str | None = None,
                  **sections: dict[str, Any]) -> None:
+        # Speculation adds continuation calls that are then discarded; the tests that count
+        # contexts and pulls turn it off, the speculation tests turn it on.
+        cont = dict(sections.get("continuation", {}))
+        cont.setdefault("speculate", False)
+        sections["continuation"] = cont
         self.cfg = make_config(**sections)
         self.clock = SimClock(0)
         global CLOCK

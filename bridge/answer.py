@@ -1,0 +1,64 @@
+"""One continuation (an answer to a phrase), pulled lazily from a generator's iterator.
+
+An :class:`Answer` is created either at phrase end or *speculatively* while the player is
+silent (the engine pre-samples the first note between events so that, at phrase end, it
+can go out at once); a speculative answer is simply discarded when new input arrives.
+The engine decides when notes are due; this class only holds the iterator, the one note
+pulled ahead, and the counts that bound an answer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from .plugin import Note
+
+
+class Answer:
+    __slots__ = ("it", "b0", "t0", "count", "skipped", "next", "done")
+
+    def __init__(self, it: Iterator[Note]) -> None:
+        self.it = it
+        self.b0: float | None = None   # beat the answer starts on (None until it plays)
+        self.t0 = 0                    # and when that is, in ns
+        self.count = 0                 # notes scheduled
+        self.skipped = 0               # invalid notes skipped
+        self.next: Note | None = None  # pulled, not yet scheduled
+        self.done = False
+
+    def peek(self, valid: Callable[[Note], bool], max_notes: int, max_beats: float,
+             on_error: Callable[[BaseException], None]) -> Note | None:
+        """The next note to schedule (pulling one from the generator if needed), or None
+        when the answer is over (exhausted, bounded, failing, or only invalid notes)."""
+        while self.next is None and not self.done:
+            try:
+                n = next(self.it)
+            except StopIteration:
+                self.done = True
+                break
+            except Exception as e:  # noqa: BLE001 - a plugin bug must not stop the bridge
+                on_error(e)
+                self.done = True
+                break
+            if not valid(n):
+                self.skipped += 1
+                if self.skipped >= max_notes:  # only garbage: give up
+                    self.done = True
+                continue
+            if self.count >= max_notes or n.start >= max_beats:
+                self.done = True
+                break
+            self.next = n
+        return None if self.done else self.next
+
+    def take(self) -> None:
+        """The note from :meth:`peek` has been scheduled."""
+        self.next = None
+        self.count += 1
+
+    def close(self, call: Callable) -> None:
+        """Close the generator's iterator (its ``finally`` runs), through ``call``'s guard."""
+        self.done = True
+        close = getattr(self.it, "close", None)
+        if close is not None:
+            call(close)

@@ -83,7 +83,7 @@ def probe(backend: str) -> str:
     try:
         with _quiet_stderr():
             m = rtmidi.MidiIn(api, name="midi-bridge-probe")
-        del m
+            m.delete()
         return ""
     except Exception as e:  # noqa: BLE001 - rtmidi raises its own SystemError
         return str(e).strip() or type(e).__name__
@@ -112,7 +112,8 @@ def list_ports(backend: str) -> tuple[list[str], list[str]]:
     try:
         return list(mi.get_ports()), list(mo.get_ports())
     finally:
-        del mi, mo
+        mi.delete()
+        mo.delete()
 
 
 def _is_through(name: str) -> bool:
@@ -141,7 +142,10 @@ class Ports:
         for m in self.inputs + self.outputs:
             with contextlib.suppress(Exception):
                 m.close_port()
-        # Deleting the objects is what closes an ALSA virtual port.
+            # delete() closes the backend client itself: an ALSA virtual port goes away, and
+            # JACK is not left with a client that never finished (which stalls its graph).
+            with contextlib.suppress(Exception):
+                m.delete()
         self.inputs.clear()
         self.outputs.clear()
 
@@ -214,6 +218,7 @@ def _open_by_substring(m, sub: str, what: str, own: set[str]) -> str:
                if sub.lower() in n.lower() and not any(n.endswith(o) for o in own)
                and not (_is_through(n) and not _is_through(sub))]
     if not matches:
+        m.delete()
         listed = "; ".join(n for n in names if not _is_through(n)) or "none"
         raise BackendError(f"no MIDI {what} port matches '{sub}' (available: {listed}). "
                            f"Check the device is connected, or fix ports.extra_{what}s")

@@ -1,0 +1,271 @@
+"""End to end: a real ``midi-bridge run`` subprocess on the session's JACK server.
+
+The player plays on MIDI channel 1 (mido 0); generated notes go out on channel 2 (mido 1).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from midiclient import MidiClient, Received, unique_client_name, unmatched_note_ons
+
+REPO = Path(__file__).resolve().parents[1]
+ECHO_PLUGIN = Path(__file__).parent / "fixtures" / "echo_plugin"
+PLAYER_CH, OUT_CH = 0, 1
+SILENCE_MS = 400
+MAX_NOTES, MAX_BEATS, BPM = 8, 4, 120
+CONFIG = {
+    "engine": {"output_channel": OUT_CH + 1, "bpm": BPM},
+    "phrase": {"silence_ms": SILENCE_MS, "min_notes": 2},
+    "continuation": {"max_notes": MAX_NOTES, "max_beats": MAX_BEATS},
+    "thru": {"enabled": False},
+}
+
+
+class Bridge:
+    """``python -m bridge run --backend jack ...`` with its merged stdout/stderr collected."""
+
+    def __init__(self, args: list[str], config_path: Path) -> None:
+        self.client = unique_client_name("mb-test-bridge")  # see unique_client_name
+        self.cmd = [sys.executable, "-m", "bridge", "run", "--backend", "jack",
+                    "--client-name", self.client, "--config", str(config_path), "-v", *args]
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "ready:" in line:
+                self.ready.set()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                rc = self.proc.poll()
+                self.stop()
+                time.sleep(0.1)  # let the reader drain
+                pytest.fail(f"bridge not ready ({'exit ' + str(rc) if rc is not None else 'timeout'}"
+                            f"): {' '.join(self.cmd)}\n--- output ---\n{self.output}",
+                            pytrace=False)
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"bridge ignored signal {sig} for {timeout} s\n{self.output}",
+                        pytrace=False)
+
+    def stop(self) -> None:
+        """Teardown: SIGTERM and wait; SIGKILL only as a last resort."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_bridge(jack_server, tmp_path):
+    """``start_bridge(*cli_args, config=...)`` -> a ready :class:`Bridge`; stopped after."""
+    bridges: list[Bridge] = []
+
+    def start(*args: str, config: dict | None = None) -> Bridge:
+        path = tmp_path / f"config{len(bridges)}.yaml"
+        path.write_text(yaml.safe_dump(CONFIG if config is None else config))
+        bridge = Bridge(list(args), path)
+        bridges.append(bridge)
+        bridge.wait_ready()
+        return bridge
+
+    yield start
+    for bridge in bridges:
+        bridge.stop()
+        print(f"--- {' '.join(bridge.cmd)} (exit {bridge.proc.returncode}) ---\n{bridge.output}")
+
+
+@pytest.fixture
+def driver(jack_server):
+    """``driver(bridge)`` -> a :class:`MidiClient` wired to that bridge's ports."""
+    clients: list[MidiClient] = []
+
+    def connect(bridge: Bridge) -> MidiClient:
+        clients.append(MidiClient("midi-bridge in", "midi-bridge out", client=bridge.client))
+        return clients[-1]
+
+    yield connect
+    for client in clients:
+        client.close()
+
+
+def note_ons(messages: list[Received], channel: int | None = OUT_CH) -> list[Received]:
+    return [m for m in messages if m.is_note_on and (channel is None or m.channel == channel)]
+
+
+def play_phrase(midi: MidiClient, pitches: list[int], on_s: float = 0.12,
+                gap_s: float = 0.04) -> int:
+    """Play ``pitches`` one after the other; returns the perf_counter_ns of the last note-off."""
+    t_ns = 0
+    for pitch in pitches:
+        midi.note_on(pitch, 96, PLAYER_CH)
+        time.sleep(on_s)
+        t_ns = midi.note_off(pitch, PLAYER_CH)
+        time.sleep(gap_s)
+    return t_ns
+
+
+def plugins_json() -> dict[str, dict]:
+    done = subprocess.run([sys.executable, "-m", "bridge", "plugins", "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    assert isinstance(listing, list)
+    for entry in listing:
+        assert {"name", "status", "distribution", "version"} <= set(entry), entry
+    return {entry["name"]: entry for entry in listing}
+
+
+# -- modes --------------------------------------------------------------------------------------
+
+@pytest.mark.jack
+def test_continue_mode_answers_after_the_silence(start_bridge, driver):
+    bridge = start_bridge("--mode", "continue", "--generator", "markov")
+    midi = driver(bridge)
+    phrase_end = play_phrase(midi, [60, 62, 64, 65, 67, 69])
+    got = midi.wait_for(lambda ms: note_ons(ms), timeout=10, what="a continuation")
+    first = note_ons(got)[0]
+    waited_ms = (first.t_ns - phrase_end) / 1e6
+    assert waited_ms >= 0.5 * SILENCE_MS, f"answered {waited_ms:.0f} ms after the phrase"
+    time.sleep(MAX_BEATS * 60 / BPM + 1.0)  # the whole answer has had time to play
+    got = midi.wait_for(lambda ms: not unmatched_note_ons(ms), timeout=5,
+                        what="note-offs for every generated note")
+    assert 1 <= len(note_ons(got)) <= MAX_NOTES
+    assert not note_ons(got, PLAYER_CH), "thru is disabled: the phrase must not be echoed"
+
+
+@pytest.mark.jack
+def test_accompany_mode_notes_follow_the_played_note(start_bridge, driver):
+    bridge = start_bridge("--mode", "accompany", "--generator", "harmony")
+    midi = driver(bridge)
+    pressed = midi.note_on(60, 100, PLAYER_CH)
+    got = midi.wait_for(lambda ms: note_ons(ms), timeout=3, what="accompaniment")
+    latency_ms = (note_ons(got)[0].t_ns - pressed) / 1e6
+    assert latency_ms < 500, f"accompaniment took {latency_ms:.0f} ms"
+    time.sleep(0.3)
+    assert unmatched_note_ons(midi.messages(), OUT_CH), "accompaniment sounds while held"
+    midi.note_off(60, PLAYER_CH)
+    midi.wait_for(lambda ms: not unmatched_note_ons(ms), timeout=3,
+                  what="accompaniment to end with the played note")
+
+
+@pytest.mark.jack
+def test_thru_mode_passes_notes_unchanged(start_bridge, driver):
+    bridge = start_bridge("--mode", "thru", config={**CONFIG, "thru": {"enabled": True, "channel": "same"}})
+    midi = driver(bridge)
+    sent = [bytes([0x90, 60, 100]), bytes([0x93, 64, 80]), bytes([0x80, 60, 0]),
+            bytes([0x83, 64, 64]), bytes([0x9F, 127, 1]), bytes([0x8F, 127, 0])]
+    for data in sent:
+        midi.send(data)
+        time.sleep(0.02)
+    got = midi.wait_for(lambda ms: len([m for m in ms if m.kind in (0x80, 0x90)]) >= len(sent),
+                        timeout=3, what="the notes played")
+    time.sleep(0.2)
+    assert [m.data for m in midi.messages() if m.kind in (0x80, 0x90)] == sent
+
+
+@pytest.mark.jack
+def test_sigterm_ends_sounding_notes_then_panics(start_bridge, driver):
+    bridge = start_bridge("--mode", "accompany", "--generator", "harmony")
+    midi = driver(bridge)
+    midi.note_on(60, 100, PLAYER_CH)
+    midi.note_on(64, 100, PLAYER_CH)
+    midi.wait_for(lambda ms: note_ons(ms), timeout=3, what="accompaniment")
+    time.sleep(0.3)
+    assert unmatched_note_ons(midi.messages()), "notes should be sounding before SIGTERM"
+    rc = bridge.terminate(signal.SIGTERM)
+    assert rc == 0, bridge.output
+    used = {m.channel for m in note_ons(midi.messages(), None)}
+    got = midi.wait_for(lambda ms: all(any(m.is_cc(123) and m.channel == ch for m in ms)
+                                       for ch in used),
+                        timeout=3, what=f"CC123 on channels {sorted(used)}")
+    assert not unmatched_note_ons(got), "every note-on must get its note-off"
+    last_off = max(i for i, m in enumerate(got) if m.is_note_off)
+    for ch in used:
+        sustain_off = next(i for i, m in enumerate(got) if m.is_cc(64, 0) and m.channel == ch)
+        all_off = next(i for i, m in enumerate(got) if m.is_cc(123) and m.channel == ch)
+        assert last_off < sustain_off < all_off, (ch, [m.data.hex() for m in got])
+
+
+# -- plugins --------------------------------------------------------------------------------------
+
+def test_builtin_generators_load():
+    listing = plugins_json()
+    for name in ("markov", "harmony"):
+        assert listing.get(name, {}).get("status") == "ok", listing.get(name)
+
+
+@pytest.fixture(scope="module")
+def echo_plugin(tmp_path_factory):
+    """Install the fixture distribution into this interpreter's environment, then remove it."""
+    src = tmp_path_factory.mktemp("echo") / "echo_plugin"
+    shutil.copytree(ECHO_PLUGIN, src)  # building writes into the source tree
+    pip = [sys.executable, "-m", "pip"]
+    flags = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    try:
+        subprocess.run([*pip, "install", "-q", "--no-deps", *flags, str(src)],
+                       check=True, timeout=300)
+        yield "echo"
+    finally:
+        subprocess.run([*pip, "uninstall", "-q", "-y", "mb-echo-plugin"], timeout=120)
+
+
+def test_external_plugin_is_listed(echo_plugin):
+    entry = plugins_json().get(echo_plugin)
+    assert entry is not None, "the echo entry point is not listed"
+    assert entry["status"] == "ok", entry
+    assert entry["distribution"] == "mb-echo-plugin" and entry["version"] == "0.1.0", entry
+
+
+@pytest.mark.jack
+def test_external_plugin_accompanies(echo_plugin, start_bridge, driver):
+    bridge = start_bridge("--mode", "accompany", "--generator", echo_plugin)
+    midi = driver(bridge)
+    midi.note_on(60, 90, PLAYER_CH)
+    got = midi.wait_for(lambda ms: note_ons(ms), timeout=3, what="the echo")
+    assert [(m.data[1], m.data[2]) for m in note_ons(got)] == [(72, 90)]
+    midi.note_off(60, PLAYER_CH)
+    midi.wait_for(lambda ms: not unmatched_note_ons(ms), timeout=3, what="the echo to end")
+
+
+@pytest.mark.jack
+def test_external_plugin_continues(echo_plugin, start_bridge, driver):
+    bridge = start_bridge("--mode", "continue", "--generator", echo_plugin)
+    midi = driver(bridge)
+    play_phrase(midi, [60, 62, 64])
+    got = midi.wait_for(lambda ms: len(note_ons(ms)) >= 3, timeout=10, what="the echoed phrase")
+    assert [m.data[1] for m in note_ons(got)][:3] == [72, 74, 76]
+    midi.wait_for(lambda ms: not unmatched_note_ons(ms), timeout=5, what="note-offs")

@@ -183,7 +183,7 @@ class Engine:
         status, sync = msg[0], self.sync
         if status == midi.CLOCK:
             sync.clock(t)
-            if not self._synced and sync.synced(now) and len(sync._pts) >= 12:
+            if not self._synced and sync.synced(now) and len(sync._pts) >= min(sync.window, 48):
                 self._synced = True
                 self._logged_bpm = sync.bpm(now)
                 log.info("clock: following MIDI clock at %.1f bpm", self._logged_bpm)

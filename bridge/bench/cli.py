@@ -1,0 +1,155 @@
+"""The ``bench live`` command line: ``register(bench_subparsers)`` adds it to ``bench``.
+
+Stand-alone (until ``midi-bridge bench`` dispatches here): ``python -m bridge.bench.cli
+live [--json] ...`` or ``python -m bridge.bench.live [--json] ...`` (``live`` optional).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .live import ROWS, SERVER_NAME, Options
+
+
+def _rows(text: str) -> tuple[str, ...]:
+    rows = tuple(r.strip() for r in text.split(",") if r.strip())
+    bad = [r for r in rows if r not in ROWS]
+    if bad or not rows:
+        raise argparse.ArgumentTypeError(f"rows are a comma-separated subset of {','.join(ROWS)}")
+    return rows
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--period", type=int, default=256, metavar="N",
+                   help="JACK period in frames of the benchmark's own server (default 256)")
+    p.add_argument("--rate", type=int, default=48000, metavar="HZ", help="sample rate (default 48000)")
+    p.add_argument("--server", metavar="NAME",
+                   help=f"use this running JACK server instead of starting '{SERVER_NAME}'")
+    p.add_argument("--notes", type=int, default=200, metavar="N",
+                   help="round trips per floor/thru/accompany row (default 200)")
+    p.add_argument("--phrases", type=int, default=40, metavar="N",
+                   help="phrases for the continue and grid rows (default 40)")
+    p.add_argument("--load-seconds", type=float, default=30.0, metavar="S",
+                   help="length of the sustained-load row (default 30)")
+    p.add_argument("--load-rate", type=float, default=200.0, metavar="N",
+                   help="notes per second in the load row, each a note-on and a note-off (default 200)")
+    p.add_argument("--generator", default="markov", metavar="NAME",
+                   help="generator for the continue and grid rows (default markov)")
+    p.add_argument("--accompany-generator", default="harmony", metavar="NAME",
+                   help="generator for the accompany row (default harmony)")
+    p.add_argument("--silence-ms", type=float, default=200.0, metavar="MS",
+                   help="phrase-end silence of the continue and grid rows (default 200)")
+    p.add_argument("--bpm", type=float, default=120.0, help="tempo of the driver's clock (grid row)")
+    p.add_argument("--rows", type=_rows, default=ROWS, metavar="LIST",
+                   help=f"only these rows (default all: {','.join(ROWS)})")
+    p.add_argument("--seed", type=int, default=1, help="seed of the driver's random pauses")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def register(bench_subparsers) -> None:
+    """Add ``live`` to the ``bench`` command's subparsers."""
+    p = bench_subparsers.add_parser("live", help="end-to-end latency through JACK: floor, thru, "
+                                                 "accompany, continue, grid, load")
+    add_arguments(p)
+    p.set_defaults(func=cmd_live)
+
+
+def options(args: argparse.Namespace) -> Options:
+    def progress(text: str) -> None:
+        if not args.quiet:
+            print(f"bench: {text}", file=sys.stderr, flush=True)
+
+    for name in ("notes", "phrases", "period", "rate"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"midi-bridge bench live: --{name} must be at least 1")
+    return Options(period=args.period, rate=args.rate, notes=args.notes, phrases=args.phrases,
+                   load_seconds=args.load_seconds, load_rate=args.load_rate,
+                   generator=args.generator, accompany_generator=args.accompany_generator,
+                   silence_ms=args.silence_ms, bpm=args.bpm, server=args.server,
+                   rows=args.rows, seed=args.seed, progress=progress)
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    """Run the benchmark; exit 0, 1 when a row failed, 2 when JACK is unusable."""
+    from .. import jack
+    from .live import LiveBench, sigterm_as_interrupt
+
+    opts = options(args)
+    try:
+        with sigterm_as_interrupt():
+            result = LiveBench(opts).run()
+    except jack.JackError as e:
+        print(f"midi-bridge bench live: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("midi-bridge bench live: interrupted (everything was stopped)", file=sys.stderr)
+        return 130
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 1 if any("error" in (result.get(r) or {}) for r in ROWS) else 0
+
+
+def _ms(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def format_table(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [f"midi-bridge bench live: {m['cpu']}, {m['cores']} cores, Python {m['python']}, "
+             f"JACK dummy {m['jack_period']} frames at {m['jack_rate']} Hz "
+             f"({_ms(m['jack_period_ms'])} ms period)", "",
+             f"{'row':<11}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'n':>6}{'x floor p50':>13}  note"]
+    notes = {"floor": "bare python-rtmidi echo, round trip",
+             "thru": "midi-bridge run --mode thru, round trip",
+             "accompany": "note-on -> first accompaniment note",
+             "continue": "phrase end -> first answer note (no clock)",
+             "grid": "|answer note - nearest 1/16 of the clock|"}
+    for row in ("floor", "thru", "accompany", "continue", "grid"):
+        d = r.get(row)
+        if d is None:
+            continue
+        if "error" in d:
+            lines.append(f"{row:<11}ERROR: {d['error'].splitlines()[0]}")
+            continue
+        ratio = d.get("ratio_p50") if row != "floor" else None
+        extra = notes[row]
+        if row == "grid":
+            extra += (f"; mean {_ms(d['mean_ms'])} ms, {d['within_limit']}/{d['n']} within "
+                      f"{_ms(d['limit_ms'])} ms; tempo {d['bpm_estimate']} bpm for {d['bpm']}")
+        if d.get("lost"):
+            extra += f"; {d['lost']} unanswered"
+        lines.append(f"{row:<11}{_ms(d['p50_ms']):>9}{_ms(d['p99_ms']):>9}{_ms(d['max_ms']):>9}"
+                     f"{d['n']:>6}{'' if ratio is None else f'{ratio:.2f}x':>13}  {extra}")
+    load = r.get("load")
+    if load is not None:
+        if "error" in load:
+            lines.append(f"load       ERROR: {load['error'].splitlines()[0]}")
+        else:
+            lines += ["", f"load: {load['notes_per_s']:g} notes/s for {load['seconds']:g} s through thru: "
+                          f"sent {load['sent']}, the bridge got {load['bridge_events_in']}, "
+                          f"the driver got back {load['received']}: lost_input {load['lost_input']}, "
+                          f"dropped_output {load['dropped_output']} (latency p50 {_ms(load['p50_ms'])} "
+                          f"p99 {_ms(load['p99_ms'])} max {_ms(load['max_ms'])} ms)"]
+    lines += ["", "targets (issue 4):"]
+    for t in r.get("targets", {}).values():
+        state = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        lines.append(f"  [{state:>6}] {t['target']}: {t['value']} (limit {t['limit']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="midi-bridge bench")
+    sub = parser.add_subparsers(dest="bench_command", required=True)
+    register(sub)
+    if not argv or argv[0] != "live":
+        argv.insert(0, "live")
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -84,6 +84,7 @@ class Engine:
         self.grid: float | None = out["quantize"]
         self.swing: float = out["swing"]
         self.humanize_ns = out["humanize_ms"] * 1e6
+        self.offset_ns = round(out["offset_ms"] * 1e6)
         self._rng = random.Random()
         clk = config["clock"]
         self.follow_clock: bool = clk["follow"]
@@ -361,7 +362,7 @@ class Engine:
             t = answer.t0 + round((b - answer.b0) * self.ns_per_beat(now))
         if self.humanize_ns:
             t += int(max(-2.0, min(2.0, self._rng.gauss(0.0, 1.0))) * self.humanize_ns)
-        return max(t, now)
+        return max(t + self.offset_ns, now)
 
     def _pull(self, now: int) -> None:
         """Schedule the answer's notes that start within the lookahead, pulling lazily."""

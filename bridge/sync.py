@@ -127,12 +127,21 @@ class ClockFollower:
         return "midi" if self.last_tick_ns is not None else "internal"
 
     def position_beats(self, now_ns: int) -> float:
-        """Song position in beats at ``now_ns``, interpolated from the last clock."""
+        """Song position in beats at ``now_ns``.
+
+        Interpolated from where the fitted line puts the last clock rather than from its
+        arrival time: arrivals are late by up to a period at random, the line is not, so
+        beat times do not jump with every clock's jitter."""
         if self.last_tick_ns is None:
             return 0.0
         frac = 0.0
-        if self.running:
-            frac = min(1.0, max(0.0, (now_ns - self.last_tick_ns) / self._ns_per_tick))
+        if self.running and not self._armed:
+            t_last = float(self.last_tick_ns)
+            n = len(self._pts)
+            if n >= 3 and self._base is not None:
+                intercept = (self._sy - self._ns_per_tick * self._sx) / n
+                t_last = self._base + intercept + self._ns_per_tick * self._pts[-1][0]
+            frac = min(1.0, max(-1.0, (now_ns - t_last) / self._ns_per_tick))
         return (self.ticks + frac) / PPQN
 
     def ns_per_beat(self, now_ns: int) -> float:

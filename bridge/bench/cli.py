@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--silence-ms", type=float, default=200.0, metavar="MS",
                    help="phrase-end silence of the continue and grid rows (default 200)")
     p.add_argument("--bpm", type=float, default=120.0, help="tempo of the driver's clock (grid row)")
+    p.add_argument("--offset-ms", type=float, default=0.0, metavar="MS",
+                   help="the bridge's output.offset_ms (latency compensation) in the grid row (default 0)")
     p.add_argument("--rows", type=_rows, default=ROWS, metavar="LIST",
                    help=f"only these rows (default all: {','.join(ROWS)})")
     p.add_argument("--seed", type=int, default=1, help="seed of the driver's random pauses")
@@ -69,7 +71,7 @@ def options(args: argparse.Namespace) -> Options:
     return Options(period=args.period, rate=args.rate, notes=args.notes, phrases=args.phrases,
                    load_seconds=args.load_seconds, load_rate=args.load_rate,
                    generator=args.generator, accompany_generator=args.accompany_generator,
-                   silence_ms=args.silence_ms, bpm=args.bpm, server=args.server,
+                   silence_ms=args.silence_ms, bpm=args.bpm, offset_ms=args.offset_ms, server=args.server,
                    rows=args.rows, seed=args.seed, progress=progress)
 
 

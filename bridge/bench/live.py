@@ -61,6 +61,7 @@ class Options:
     accompany_generator: str = "harmony"
     silence_ms: float = 200.0
     bpm: float = 120.0          # the driver's clock for the grid row
+    offset_ms: float = 0.0      # the bridge's output.offset_ms in the grid row
     server: str | None = None   # use this running server instead of starting one
     rows: tuple[str, ...] = ROWS
     seed: int = 1
@@ -200,6 +201,7 @@ class LiveBench:
         with contextlib.ExitStack() as stack:
             bridge = self._bridge(stack, "continue", {**self._continue_config(8, 1.0),
                                                       "clock": {"follow": True},
+                                                      "output": {"offset_ms": o.offset_ms},
                                                       "continuation": {"max_notes": 8, "max_beats": 1.0,
                                                                        "start_on": "beat"}},
                                   "--generator", o.generator, "--quantize", "1/16")
@@ -230,7 +232,8 @@ class LiveBench:
                     "within_limit": sum(abs(e) <= limit for e in errors), "limit_ms": round(limit, 3),
                     "lost": lost, "bpm": o.bpm, "bpm_estimate": estimate,
                     "bpm_error_pct": None if estimate is None else round(abs(estimate / o.bpm - 1) * 100, 3),
-                    "clock_send_late_p99_ms": clock.late_p99_ms(), "generator": o.generator}
+                    "clock_send_late_p99_ms": clock.late_p99_ms(), "generator": o.generator,
+                    "offset_ms": o.offset_ms}
 
     def row_load(self) -> dict[str, Any]:
         o = self.o

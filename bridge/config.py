@@ -138,7 +138,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "engine": {
         "mode": Key("continue", _choice(*MODES)),
-        "generator": Key("markov", _str),
+        "generator": Key("rnn", _str),
         "output_channel": Key(1, _channel),
         "bpm": Key(120, _num(20, 400)),
         "max_note_beats": Key(8, _num(0.05, 64)),
@@ -172,6 +172,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "quantize": Key("off", _grid),
         "swing": Key(0, _num(0, 0.75)),
         "humanize_ms": Key(0, _num(0, 100)),
+        "offset_ms": Key(0, _num(-100, 100)),
     },
     "control": {
         "channel": Key(16, _channel),

@@ -1,16 +1,17 @@
-"""In-piece copy statistics: the continuation of the longest repeated context.
+"""In-piece statistics: a small PPM over the events of the current piece or session.
 
 Folk tunes and chorales repeat themselves (repeats are written out).  :class:`PieceCache`
-remembers, for contexts of the last k events (k in :data:`ORDERS`), what followed them
-most recently in the current piece or session.  Its prediction for the next event is that
-continuation for the longest context seen before, with a *feature id* telling the model
-how far to trust it (the order matched, and whether the context's last two continuations
-agreed).  The network mixes the candidate with its own distribution through a learned
-gate (see :mod:`bridge.model.rnn`).
+counts, for contexts of the last k events (k in :data:`ORDERS`), which events followed
+them in the current piece.  Its prediction is a distribution over at most
+:data:`K_CANDIDATES` whole events, blended from the longest matching context down with
+PPM's escape method C and exclusion, renormalised over the candidates it kept, with a
+*feature id* (longest order matched x how much mass the candidates took before the
+renormalisation) that tells the network how far to trust it.  The network mixes it with
+its own distribution through a learned gate (see :mod:`bridge.model.rnn`).
 
-Work per event is O(len(ORDERS)) dictionary operations; memory is bounded by
-``capacity`` contexts (least recently used ones are forgotten), so a session of any
-length stays flat.
+Work per event is O(len(ORDERS) x MAX_TOKENS) dictionary operations; memory is bounded by
+``capacity`` contexts (least recently used ones are forgotten), so a session of any length
+stays flat.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ from collections import OrderedDict
 import numpy as np
 
 ORDERS = (1, 2, 3, 4, 6, 8, 12, 16)
-N_FEATURES = (len(ORDERS) + 1) * 3  # order index 0..len(ORDERS) x confidence 0..2
+K_CANDIDATES = 4
+MAX_TOKENS = 6  # continuations kept per context (the rarest is dropped)
+CONF_EDGES = (0.5, 0.85)
+N_FEATURES = (len(ORDERS) + 1) * (len(CONF_EDGES) + 1)
 
 
 class PieceCache:
-    __slots__ = ("orders", "capacity", "table", "history", "_ctx")
+    __slots__ = ("capacity", "table", "history", "_ctx")
 
-    def __init__(self, capacity: int = 1 << 16):
-        self.orders = ORDERS
+    def __init__(self, capacity: int = 8192):
         self.capacity = capacity
-        self.table: OrderedDict = OrderedDict()
+        self.table: OrderedDict = OrderedDict()  # (order index, hash) -> {event: count}
         self.history: list = []  # the last max(ORDERS) events, most recent last
-        self._ctx: list[tuple[int, int]] = []  # (order index, context hash) for the next event
+        self._ctx: list[tuple[int, int]] = []  # context keys for the next event, shortest first
 
     def reset(self) -> None:
         self.table.clear()
@@ -39,14 +42,16 @@ class PieceCache:
         self._ctx = []
 
     def update(self, event: tuple) -> None:
-        """Record that ``event`` followed the current context, then extend the context."""
+        """Count ``event`` after the current contexts, then extend the context."""
         table = self.table
         for key in self._ctx:
-            entry = table.pop(key, None)
-            if entry is None:
-                table[key] = (event, 1, False)
-            else:
-                table[key] = (event, entry[1] + 1, entry[0] == event)
+            counts = table.pop(key, None)
+            if counts is None:
+                counts = {}
+            counts[event] = counts.get(event, 0) + 1
+            if len(counts) > MAX_TOKENS:
+                del counts[min(counts, key=counts.get)]
+            table[key] = counts  # most recently used last
         while len(table) > self.capacity:
             table.popitem(last=False)
         hist = self.history
@@ -66,30 +71,50 @@ class PieceCache:
                     break
         self._ctx = ctx
 
-    def predict(self) -> tuple[tuple | None, int]:
-        """(candidate next event or None, feature id)."""
+    def predict(self) -> tuple[list[tuple], list[float], int]:
+        """``(candidate events, their probabilities (summing to 1), feature id)``; no
+        candidates and feature 0 when no context of this piece has been seen."""
         table = self.table
+        probs: dict = {}
+        remaining = 1.0
+        top_order = 0
         for key in reversed(self._ctx):
-            entry = table.get(key)
-            if entry is not None:
-                conf = 0 if entry[1] == 1 else (2 if entry[2] else 1)
-                return entry[0], key[0] * 3 + conf
-        return None, 0
+            counts = table.get(key)
+            if not counts:
+                continue
+            if not top_order:
+                top_order = key[0]
+            fresh = [(t, c) for t, c in counts.items() if t not in probs]
+            if not fresh:
+                continue
+            denom = sum(c for _, c in fresh) + len(fresh)
+            for t, c in fresh:
+                probs[t] = remaining * c / denom
+            remaining *= len(fresh) / denom
+            if len(probs) >= K_CANDIDATES:
+                break
+        if not probs:
+            return [], [], 0
+        best = sorted(probs.items(), key=lambda tc: -tc[1])[:K_CANDIDATES]
+        mass = sum(p for _, p in best)
+        conf = sum(mass >= e for e in CONF_EDGES)
+        return [t for t, _ in best], [p / mass for _, p in best], top_order * (len(CONF_EDGES) + 1) + conf
 
 
-def piece_features(rows: np.ndarray, sizes) -> tuple[np.ndarray, np.ndarray]:
-    """Teacher-forcing features for one piece: ``cand [n, F]`` (``size`` = no candidate)
-    and ``feat [n]``, position t computed from events before t."""
+def piece_features(rows: np.ndarray, sizes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Teacher-forcing features of one piece, position t from the events before t:
+    ``cand [n, K, F]`` (value ``size`` = no candidate), ``q [n, K]`` and ``feat [n]``."""
     n, f = rows.shape
-    cand = np.empty((n, f), dtype=np.int16)
+    cand = np.empty((n, K_CANDIDATES, f), dtype=np.int16)
     cand[:] = np.asarray(sizes, dtype=np.int16)
+    q = np.zeros((n, K_CANDIDATES), dtype=np.float32)
     feat = np.zeros(n, dtype=np.int16)
     cache = PieceCache(capacity=1 << 30)
-    events = [tuple(r) for r in rows.tolist()]
-    for t, ev in enumerate(events):
-        c, fid = cache.predict()
-        if c is not None:
-            cand[t] = c
-            feat[t] = fid
+    for t, ev in enumerate(tuple(r) for r in rows.tolist()):
+        cands, probs, fid = cache.predict()
+        for i, (c, p) in enumerate(zip(cands, probs)):
+            cand[t, i] = c
+            q[t, i] = p
+        feat[t] = fid
         cache.update(ev)
-    return cand, feat
+    return cand, q, feat

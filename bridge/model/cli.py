@@ -71,6 +71,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-copy", action="store_true", help="without the in-piece copy mixture")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--schedule", choices=("plateau", "cosine"), default="plateau",
+                   help="plateau: halve the LR when validation stalls; cosine: decay over the epochs or --max-minutes")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without improvement")
     p.add_argument("--batch-events", type=int, default=8192, help="events per batch (padded)")
@@ -106,6 +108,8 @@ def register(subparsers) -> None:
     b.add_argument("--int8", action="store_true", help="also rows with int8 weights")
     b.add_argument("--notochord", action="store_true", help="also time notochord's feed+query if installed")
     b.set_defaults(func=_run("bench", "cmd_bench"))
+    from bridge.bench.cli import register as register_live
+    register_live(sub)
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ from .step import Stepper
 
 
 class GraphedStepper(Stepper):
-    def __init__(self, model, device="cuda", seed=None, graphs: bool = True, cache_capacity: int = 1 << 16):
+    def __init__(self, model, device="cuda", seed=None, graphs: bool = True, cache_capacity: int = 8192):
         super().__init__(model, device=device, int8=False, seed=seed, cache_capacity=cache_capacity)
         dev, F = self.device, len(self.sizes)
         with torch.inference_mode():
@@ -42,10 +42,7 @@ class GraphedStepper(Stepper):
             self.prefix = torch.zeros(max(1, F - 1), dtype=torch.long, device=dev)
             self.host_prefix = torch.zeros(max(1, F - 1), dtype=torch.long, pin_memory=self.device.type == "cuda")
             self.logits = [torch.zeros(s, device=dev) for s in self.sizes]
-            self.gate_s = torch.zeros(F, device=dev)
-            if self.copy:
-                self.gate_wm = torch.stack(self.gate_w)
-                self.gate_bv = torch.tensor(self.gate_b, device=dev)
+            self.gate_s = torch.zeros((), device=dev)
         self.graphs = None
         if graphs:
             self._capture()
@@ -62,8 +59,8 @@ class GraphedStepper(Stepper):
             z = z + self.cond_table.index_select(0, self.prefix[:k]).sum(0)
         a = torch.relu(self.head_in[k](z))
         self.logits[k].copy_(self.head_out[k](a))
-        if self.copy:
-            self.gate_s[k].copy_(torch.dot(self.gate_wm[k], a) + self.gate_bv[k])
+        if self.copy and k == 0:
+            self.gate_s.copy_(torch.dot(self.gate_w, a))
 
     def _capture(self) -> None:
         stream = torch.cuda.Stream(self.device)
@@ -98,8 +95,8 @@ class GraphedStepper(Stepper):
                 self.graphs[0].replay()
             else:
                 self._core_step()
-        self._have = 1
-        return self.logits[0]
+        self._l0 = self.logits[0]
+        return self._l0
 
     def _rows(self, event, bos: bool = False):
         F = len(self.sizes)
@@ -108,7 +105,7 @@ class GraphedStepper(Stepper):
         else:
             rows = [int(self.off_inp[k]) + int(v) for k, v in enumerate(event)]
         if self.copy:
-            cand = self.cand if self.cand is not None else self.sizes
+            cand = self.cands[0] if self.cands else self.sizes
             rows += [int(self.off_cand[k]) + int(v) for k, v in enumerate(cand)]
             rows.append(int(self.off_feat) + self.feat)
         rows.append(int(self.off_style) + self.style)
@@ -117,7 +114,7 @@ class GraphedStepper(Stepper):
     def reset(self, style: int = 0) -> torch.Tensor:
         self.style = int(style)
         self.cache.reset()
-        self.cand, self.feat = None, 0
+        self.cands, self.q, self.feat = [], [], 0
         with torch.inference_mode():
             self.h.zero_()
             if self.c is not None:
@@ -129,7 +126,7 @@ class GraphedStepper(Stepper):
         event = tuple(int(v) for v in event)
         if self.copy:
             self.cache.update(event)
-            self.cand, self.feat = self.cache.predict()
+            self.cands, self.q, self.feat = self.cache.predict()
         self.events += 1
         return self._run_step(self._rows(event))
 
@@ -145,10 +142,5 @@ class GraphedStepper(Stepper):
                     self._core_head(k)
         return self.logits[k]
 
-    def gate(self, k: int, prefix):
-        cand = self.cand
-        if not self.copy or cand is None or cand[k] >= self.sizes[k]:
-            return 0.0, None
-        match = all(int(prefix[j]) == cand[j] for j in range(k))
-        s = float(self.gate_s[k]) + float(self.gate_bias[self.feat * 2 + int(match), k])
-        return 1.0 / (1.0 + np.exp(-s)), cand[k]
+    def gate_logit(self) -> float:
+        return float(self.gate_s) + self.gate_b + float(self.gate_bias[self.feat]) + self.gate_offset

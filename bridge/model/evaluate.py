@@ -5,7 +5,8 @@
 * ``markov``: the PPM of ``plugins/markov.py`` (escape C with exclusion, in-piece counts
   weighted by ``piece_weight``) over one token per event (the event row as a tuple),
   fitted on the train split's untransposed pieces; its order and piece weight are tuned
-  on (a part of) the validation split unless ``--markov-order`` is given.
+  on about 8,000 events of whole validation pieces (drawn with a fixed seed) unless
+  ``--markov-order`` is given.
 * ``unigram``: the same PPM at order 0 without in-piece counts.
 
 Metrics: ``bits_per_note`` = total negative log2-likelihood of all events / number of
@@ -31,7 +32,7 @@ from .encoding import WAIT, EventSpec
 from .train import LN2, evaluate_batches, featurize, make_batches
 
 PPM_ORDERS = (2, 4, 6, 8, 10)
-PPM_WEIGHTS = (0.0, 1.0, 4.0, 16.0)
+PPM_WEIGHTS = (0.0, 1.0, 4.0, 16.0, 32.0, 64.0)
 TUNE_EVENTS = 8000
 
 
@@ -91,8 +92,13 @@ def ppm_score(model, pieces, spec: EventSpec) -> dict:
 
 
 def _take_events(pieces, n: int):
+    """About ``n`` events of whole pieces drawn evenly (seeded) from the split."""
+    import random
+
+    order = list(range(len(pieces)))
+    random.Random(0).shuffle(order)
     out, total = [], 0
-    for p in pieces:
+    for p in (pieces[i] for i in order):
         if total >= n:
             break
         out.append(p)

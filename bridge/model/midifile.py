@@ -91,6 +91,7 @@ def _track_notes(track, stats: CleanStats):
     """(start_tick, end_tick, pitch, vel) of one track, or None for a drum track."""
     now = 0
     open_: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    orphan_off: dict[tuple[int, int], int] = {}  # note-offs with nothing open, by tick
     out = []
     drums = other = 0
     name = ""
@@ -103,12 +104,20 @@ def _track_notes(track, stats: CleanStats):
                 drums += 1
                 continue
             other += 1
-            open_.setdefault((msg.channel, msg.note), []).append((now, msg.velocity))
+            key = (msg.channel, msg.note)
+            if orphan_off.get(key) == now:  # a zero-length note written off-before-on
+                del orphan_off[key]
+                stats.add("zero-length note dropped")
+                continue
+            open_.setdefault(key, []).append((now, msg.velocity))
         elif msg.type in ("note_off", "note_on"):
-            stack = open_.get((msg.channel, msg.note))
+            key = (msg.channel, msg.note)
+            stack = open_.get(key)
             if stack:
                 start, vel = stack.pop(0)
                 out.append((start, now, msg.note, vel))
+            else:
+                orphan_off[key] = now
     for (_, pitch), stack in open_.items():
         for start, vel in stack:
             stats.add("unterminated note closed")

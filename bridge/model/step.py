@@ -14,6 +14,8 @@ per-token tables (so an event's input is a sum of table rows), all under
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,38 +25,42 @@ from .rnn import EventRNN
 from .sampling import sample_index
 
 
-def _int8(w: torch.Tensor):
-    scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-    return q, scale.contiguous()
+def _prepack_int8(w: torch.Tensor, b: torch.Tensor | None):
+    """Per-row symmetric int8 weights packed for fbgemm's dynamic-quantised linear (the
+    activations are quantised on the fly); None where the backend is missing."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return None
+    scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).double()
+    try:
+        with warnings.catch_warnings():  # torch marks quantized tensors deprecated (2.13)
+            warnings.simplefilter("ignore")
+            q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+            return torch.ops.quantized.linear_prepack(q, b)
+    except (RuntimeError, AttributeError):  # gone from this torch: stay in float32
+        return None
 
 
 class _Linear:
-    """y = W x + b for one row, optionally with int8 weights."""
+    """y = W x + b for one row, optionally with int8 weights (CPU only)."""
 
-    __slots__ = ("w", "b", "scale")
+    __slots__ = ("w", "b", "packed")
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor | None, int8: bool):
         self.b = None if b is None else b.detach().float().contiguous()
-        w = w.detach().float().contiguous()
-        self.scale = None
-        if int8 and w.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm"):
-            self.w, self.scale = _int8(w)
-        else:
-            self.w = w
+        self.w = w.detach().float().contiguous()
+        self.packed = _prepack_int8(self.w, self.b) if int8 and self.w.device.type == "cpu" else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scale is None:
+        if self.packed is None:
             return F.linear(x, self.w, self.b)
-        y = torch._weight_int8pack_mm(x[None], self.w, self.scale)[0]
-        return y if self.b is None else y + self.b
+        return torch.ops.quantized.linear_dynamic(x[None], self.packed, True)[0]
 
 
 class Stepper:
     """Batch-1 stateful inference for one :class:`EventRNN`."""
 
     def __init__(self, model: EventRNN, device: str | torch.device = "cpu", int8: bool = False,
-                 seed: int | None = None, cache_capacity: int = 1 << 16):
+                 seed: int | None = None, cache_capacity: int = 8192):
         model = model.eval()
         self.model, self.spec, self.cfg = model, model.spec, model.cfg
         self.device = torch.device(device)
@@ -76,9 +82,9 @@ class Stepper:
             if self.copy:
                 self.t_feat = proj(model.feat.weight)
                 self.t_cand = [proj(e.weight) for e in model.cand]
-                self.gate_w = [g.weight.detach().float().to(dev)[0] for g in model.gate]
-                self.gate_b = [float(g.bias) for g in model.gate]
-                self.gate_bias = model.gate_bias.weight.detach().float().cpu().numpy()
+                self.gate_w = model.gate.weight.detach().float().to(dev)[0].contiguous()
+                self.gate_b = float(model.gate.bias)
+                self.gate_bias = model.gate_bias.weight.detach().float().cpu().numpy()[:, 0]
             self.w_hh = [_Linear(getattr(rnn, f"weight_hh_l{i}").to(dev), getattr(rnn, f"bias_hh_l{i}").to(dev), int8)
                          for i in range(L)]
             self.w_ih = [None] + [_Linear(getattr(rnn, f"weight_ih_l{i}").to(dev), getattr(rnn, f"bias_ih_l{i}").to(dev),
@@ -90,8 +96,12 @@ class Stepper:
             self.c = torch.zeros(L, H, device=dev) if self.lstm else None
         self.L, self.H = L, H
         self.cache = PieceCache(cache_capacity)
-        self.cand: tuple | None = None
+        self.cands: list[tuple] = []  # in-piece candidates for the next event
+        self.q: list[float] = []
         self.feat = 0
+        self._s = 0.0  # copy gate logit (set with field 0's logits)
+        self._l0 = None  # field 0's logits after the last step
+        self.gate_offset = 0.0  # added to the copy gate's logit (< 0: copy the piece less)
         self.style = 0
         self.rng = np.random.default_rng(seed)
         self.events = 0
@@ -101,7 +111,7 @@ class Stepper:
         """Zero state, empty cache, then the begin-of-piece step; returns field 0 logits."""
         self.style = int(style)
         self.cache.reset()
-        self.cand, self.feat = None, 0
+        self.cands, self.q, self.feat = [], [], 0
         with torch.inference_mode():
             self.h.zero_()
             if self.c is not None:
@@ -113,15 +123,17 @@ class Stepper:
                     x = x + self.t_cand[k][size]
             self._cells(x)
         self.events = 0
-        return self.field_logits(0, ())
+        self._l0 = self.field_logits(0, ())
+        return self._l0
 
     def snapshot(self):
         """The recurrent state (the piece cache is not part of it)."""
         with torch.inference_mode():
-            return (self.h.clone(), None if self.c is None else self.c.clone(), self.cand, self.feat)
+            return (self.h.clone(), None if self.c is None else self.c.clone(), self.cands, self.q, self.feat,
+                    None if self._l0 is None else self._l0.clone(), self._s)
 
     def restore(self, snap) -> None:
-        h, c, self.cand, self.feat = snap
+        h, c, self.cands, self.q, self.feat, self._l0, self._s = snap
         with torch.inference_mode():
             self.h.copy_(h)
             if c is not None:
@@ -138,17 +150,18 @@ class Stepper:
                 x = x + self.t_inp[k][v]
             if self.copy:
                 self.cache.update(event)
-                self.cand, self.feat = self.cache.predict()
+                self.cands, self.q, self.feat = self.cache.predict()
                 x = x + self.t_feat[self.feat]
-                if self.cand is not None:
-                    for k, v in enumerate(self.cand):
+                if self.cands:
+                    for k, v in enumerate(self.cands[0]):
                         x = x + self.t_cand[k][v]
                 else:
                     for k, size in enumerate(self.sizes):
                         x = x + self.t_cand[k][size]
             self._cells(x)
         self.events += 1
-        return self.field_logits(0, ())
+        self._l0 = self.field_logits(0, ())
+        return self._l0
 
     def _cells(self, gi0: torch.Tensor) -> None:
         h, c, H = self.h, self.c, self.H
@@ -173,51 +186,85 @@ class Stepper:
 
     # -- prediction -------------------------------------------------------------------
     def field_logits(self, k: int, prefix) -> torch.Tensor:
-        """Logits of field ``k`` given the earlier fields ``prefix`` of the next event."""
+        """Logits of field ``k`` of the network (without the in-piece mixture) given the
+        earlier fields ``prefix`` of the next event."""
         with torch.inference_mode():
             z = self.h[self.L - 1]
             for j, v in enumerate(prefix[:k]):
                 z = z + self.cond[j][int(v)]
             a = torch.relu(self.head_in[k](z))
-            self._a = a
+            if k == 0 and self.copy:
+                self._s = float(torch.dot(self.gate_w, a)) + self.gate_b
             return self.head_out[k](a)
 
-    def gate(self, k: int, prefix) -> tuple[float, int | None]:
-        """(copy weight g, candidate value) for field ``k``; ``(0, None)`` without one."""
-        cand = self.cand
-        if not self.copy or cand is None or cand[k] >= self.sizes[k]:
-            return 0.0, None
-        match = all(int(prefix[j]) == cand[j] for j in range(k))
-        with torch.inference_mode():
-            s = float(torch.dot(self.gate_w[k], self._a)) + self.gate_b[k]
-        s += float(self.gate_bias[self.feat * 2 + int(match), k])
-        return 1.0 / (1.0 + np.exp(-s)), cand[k]
+    def gate_logit(self) -> float:
+        """The copy gate's logit for the next event (valid after field 0's logits)."""
+        return self._s + float(self.gate_bias[self.feat]) + self.gate_offset
+
+    def _rnn_probs(self, k: int, prefix, temperature: float) -> np.ndarray:
+        if k == 0 and self._l0 is not None:
+            logits = self._l0
+        else:
+            logits = self.field_logits(k, prefix)
+        logits = logits.detach().cpu().numpy().astype(np.float64)
+        if temperature != 1.0:
+            logits = logits / max(temperature, 1e-4)
+        p = np.exp(logits - logits.max())
+        return p / p.sum()
+
+    def _mix(self, k: int, prefix, p_rnn: np.ndarray, r_k: float, g: float) -> np.ndarray:
+        """Field ``k``'s distribution under ``g q + (1 - g) p_rnn`` given ``prefix``
+        (``r_k`` = p_rnn(prefix))."""
+        if not self.cands:
+            return p_rnn
+        cache = np.zeros_like(p_rnn)
+        for c, qi in zip(self.cands, self.q):
+            if all(c[j] == int(prefix[j]) for j in range(k)):
+                cache[c[k]] += qi
+        qk = cache.sum()
+        if qk <= 0:
+            return p_rnn
+        denom = g * qk + (1 - g) * r_k
+        return (g * cache + (1 - g) * r_k * p_rnn) / denom
 
     def probs(self, k: int, prefix, temperature: float = 1.0) -> np.ndarray:
-        """Probabilities of field ``k`` (the copy mixture included)."""
-        logits = self.field_logits(k, prefix).detach().cpu().numpy().astype(np.float64)
-        logits = logits / max(temperature, 1e-4)
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        g, cand = self.gate(k, prefix)
-        if cand is not None:
-            p *= 1.0 - g
-            p[cand] += g
-        return p
+        """Field ``k``'s distribution (the in-piece mixture included) given ``prefix``."""
+        r = 1.0
+        for j in range(k):
+            r *= self._rnn_probs(j, prefix, temperature)[int(prefix[j])]
+        p = self._rnn_probs(k, prefix, temperature)
+        g = 1.0 / (1.0 + np.exp(-self.gate_logit())) if self.copy else 0.0
+        return self._mix(k, prefix, p, r, g)
 
     def sample(self, temperature: float = 1.0, top_p: float = 1.0, masks=None, given=()) -> tuple:
-        """Sample the next event field by field.  ``masks`` maps a field name to a boolean
+        """Sample the next event field by field (the network's fields at ``temperature``,
+        mixed with the in-piece candidates).  ``masks`` maps a field name to a boolean
         array of allowed values; ``given`` fixes the first fields (e.g. dt and pitch)."""
-        event = list(int(v) for v in given)
-        for k in range(len(event), len(self.sizes)):
-            p = self.probs(k, event, temperature)
+        event = [int(v) for v in given]
+        r = 1.0
+        g = None
+        for k in range(len(self.sizes)):
+            p_rnn = self._rnn_probs(k, event, temperature)
+            if g is None:
+                g = 1.0 / (1.0 + np.exp(-self.gate_logit())) if self.copy else 0.0
+            if k < len(given):
+                r *= p_rnn[event[k]]
+                continue
+            p = self._mix(k, event, p_rnn, r, g)
             mask = None if masks is None else masks.get(self.spec.fields[k].name)
-            event.append(sample_index(p, self.rng, top_p=top_p, mask=mask))
+            v = sample_index(p, self.rng, top_p=top_p, mask=mask)
+            event.append(v)
+            r *= p_rnn[v]
         return tuple(event)
 
     def log_prob(self, event) -> float:
         """Natural log-probability of a whole event from the current state."""
-        total = 0.0
+        event = [int(v) for v in event]
+        total, r, g = 0.0, 1.0, None
         for k, v in enumerate(event):
-            total += float(np.log(max(self.probs(k, event)[int(v)], 1e-300)))
+            p_rnn = self._rnn_probs(k, event, 1.0)
+            if g is None:
+                g = 1.0 / (1.0 + np.exp(-self.gate_logit())) if self.copy else 0.0
+            total += float(np.log(max(self._mix(k, event, p_rnn, r, g)[v], 1e-300)))
+            r *= p_rnn[v]
         return total

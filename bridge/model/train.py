@@ -16,30 +16,32 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .cache import piece_features
+from .cache import K_CANDIDATES, piece_features
 from .dataset import load_meta, load_split
 from .device import resolve_device
 from .encoding import EventSpec
 from .rnn import EventRNN, ModelConfig
 
 LN2 = math.log(2.0)
+CACHE_VERSION = 2
 
 
 def featurize(dataset, split: str, sizes) -> list[tuple]:
-    """Pieces of a split as ``(events, cand, feat, style)`` int64 tensors (copy features
-    cached next to the dataset)."""
+    """Pieces of a split as ``(events, cand, q, feat, style)`` tensors (the in-piece
+    statistics are computed once and cached next to the dataset)."""
     data = load_split(dataset, split)
-    path = Path(dataset) / f"{split}.copyfeatures.pt"
+    path = Path(dataset) / f"{split}.cache-v{CACHE_VERSION}.pt"
     if path.exists() and os.path.getmtime(path) >= os.path.getmtime(Path(dataset) / f"{split}.pt"):
         feats = torch.load(path, weights_only=True)
     else:
-        cands, fs = [], []
-        for i in range(len(data)):
-            c, f = piece_features(data.piece(i).numpy(), sizes)
-            cands.append(torch.from_numpy(c))
-            fs.append(torch.from_numpy(f))
-        feats = {"cand": torch.cat(cands) if cands else torch.zeros(0, len(sizes), dtype=torch.int16),
-                 "feat": torch.cat(fs) if fs else torch.zeros(0, dtype=torch.int16)}
+        parts = [piece_features(data.piece(i).numpy(), sizes) for i in range(len(data))]
+        F = len(sizes)
+        feats = {"cand": torch.from_numpy(np.concatenate([p[0] for p in parts])) if parts
+                 else torch.zeros(0, K_CANDIDATES, F, dtype=torch.int16),
+                 "q": torch.from_numpy(np.concatenate([p[1] for p in parts])) if parts
+                 else torch.zeros(0, K_CANDIDATES),
+                 "feat": torch.from_numpy(np.concatenate([p[2] for p in parts])) if parts
+                 else torch.zeros(0, dtype=torch.int16)}
         try:
             torch.save(feats, path)
         except OSError:
@@ -47,18 +49,18 @@ def featurize(dataset, split: str, sizes) -> list[tuple]:
     out = []
     for i in range(len(data)):
         a, b = int(data.offsets[i]), int(data.offsets[i + 1])
-        out.append((data.events[a:b].long(), feats["cand"][a:b].long(), feats["feat"][a:b].long(),
-                    int(data.styles[i])))
+        out.append((data.events[a:b].long(), feats["cand"][a:b].long(), feats["q"][a:b].float(),
+                    feats["feat"][a:b].long(), int(data.styles[i])))
     return out
 
 
 def make_batches(pieces, max_len: int, batch_events: int, rng: random.Random | None):
     """Chunks of at most ``max_len`` events grouped by length into padded batches of
-    about ``batch_events`` events.  Returns a list of (x, cand, feat, style, mask)."""
+    about ``batch_events`` events.  Returns a list of (x, cand, q, feat, style, mask)."""
     chunks = []
-    for ev, cand, feat, style in pieces:
+    for ev, cand, q, feat, style in pieces:
         for s in range(0, len(ev), max_len):
-            chunks.append((ev[s:s + max_len], cand[s:s + max_len], feat[s:s + max_len], style))
+            chunks.append((ev[s:s + max_len], cand[s:s + max_len], q[s:s + max_len], feat[s:s + max_len], style))
     if rng is not None:
         rng.shuffle(chunks)
         chunks.sort(key=lambda c: len(c[0]) // 16)  # stable: shuffled within length bands
@@ -80,14 +82,16 @@ def make_batches(pieces, max_len: int, batch_events: int, rng: random.Random | N
 def _collate(chunks):
     T = max(len(c[0]) for c in chunks)
     B, F = len(chunks), chunks[0][0].shape[1]
+    K = chunks[0][1].shape[1]
     x = torch.zeros(B, T, F, dtype=torch.long)
-    cand = torch.zeros(B, T, F, dtype=torch.long)
+    cand = torch.zeros(B, T, K, F, dtype=torch.long)
+    q = torch.zeros(B, T, K)
     feat = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.bool)
-    for i, (ev, c, f, _) in enumerate(chunks):
+    for i, (ev, c, qq, f, _) in enumerate(chunks):
         n = len(ev)
-        x[i, :n], cand[i, :n], feat[i, :n], mask[i, :n] = ev, c, f, True
-    return x, cand, feat, torch.tensor([c[3] for c in chunks]), mask
+        x[i, :n], cand[i, :n], q[i, :n], feat[i, :n], mask[i, :n] = ev, c, qq, f, True
+    return x, cand, q, feat, torch.tensor([c[4] for c in chunks]), mask
 
 
 def evaluate_batches(model, batches, device) -> dict:
@@ -95,9 +99,9 @@ def evaluate_batches(model, batches, device) -> dict:
     model.eval()
     nll, notes, correct = 0.0, 0, 0
     with torch.no_grad():
-        for x, cand, feat, style, mask in batches:
-            x, cand, feat, style, mask = (t.to(device) for t in (x, cand, feat, style, mask))
-            logp, ok, _ = model(x, style, cand, feat)
+        for x, cand, q, feat, style, mask in batches:
+            x, cand, q, feat, style, mask = (t.to(device) for t in (x, cand, q, feat, style, mask))
+            logp, ok, _ = model(x, style, cand, q, feat)
             nll -= float(logp.sum(-1)[mask].sum())
             notes += int(mask.sum())
             correct += int(ok.all(-1)[mask].sum())
@@ -150,7 +154,7 @@ def train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig(kind=args.kind, hidden=args.hidden, layers=args.layers, emb=args.emb, head=args.head,
                       dropout=args.dropout, copy=not args.no_copy)
-    start_epoch, best, bad_epochs, history = 0, float("inf"), 0, []
+    start_epoch, best, bad_epochs, history, elapsed0 = 0, float("inf"), 0, [], 0.0
     resume_state = None
     if args.resume and (out / "last.pt").exists():
         model, ck_meta, resume_state = checkpoint.load(out / "last.pt")
@@ -169,6 +173,7 @@ def train(args) -> int:
         sched.load_state_dict(resume_state["scheduler"])
         start_epoch = int(resume_state["epoch"]) + 1
         best, bad_epochs = float(resume_state["best"]), int(resume_state["bad_epochs"])
+        elapsed0 = float(resume_state.get("minutes", 0.0))
         history = list(ck_meta.get("history", []))
         if lead:
             print(f"resumed from {out / 'last.pt'} at epoch {start_epoch + 1}", file=sys.stderr)
@@ -179,7 +184,16 @@ def train(args) -> int:
         print(f"model: {cfg.kind} {cfg.layers}x{cfg.hidden} copy={cfg.copy} {model.n_params():,} parameters; "
               f"train {sum(len(p[0]) for p in train_pieces):,} events, val {sum(len(p[0]) for p in val_pieces):,}; "
               f"{world} process(es) on {device}", file=sys.stderr)
-    t_start = time.monotonic()
+    t_start = time.monotonic() - elapsed0 * 60
+    steps_per_epoch = max(1, len(make_batches(train_pieces, args.max_len, args.batch_events, None)) // world)
+    total_steps = steps_per_epoch * args.epochs
+
+    def cosine_lr(step: int) -> float:
+        """Cosine decay to 5% over the epochs or the time budget, whichever ends first."""
+        frac = step / total_steps
+        if args.max_minutes:
+            frac = max(frac, (time.monotonic() - t_start) / 60 / args.max_minutes)
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
     base_meta = {"dataset_hash": meta["dataset_hash"], "styles": meta["styles"], "mono": meta.get("mono", False),
                  "command": " ".join(sys.argv[1:]) if args.record_command else "", "seed": args.seed,
                  "train_args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}}
@@ -190,9 +204,12 @@ def train(args) -> int:
         ddp.train()
         bar = Progress(len(batches), f"epoch {epoch + 1}/{args.epochs}", enabled=lead and not args.quiet)
         run_loss, run_n = 0.0, 0
-        for i, (x, cand, feat, style, mask) in enumerate(batches):
-            x, cand, feat, style, mask = (t.to(device) for t in (x, cand, feat, style, mask))
-            logp, _, _ = ddp(x, style, cand, feat)
+        for i, (x, cand, q, feat, style, mask) in enumerate(batches):
+            if args.schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(epoch * steps_per_epoch + i)
+            x, cand, q, feat, style, mask = (t.to(device) for t in (x, cand, q, feat, style, mask))
+            logp, _, _ = ddp(x, style, cand, q, feat, need_correct=False)
             n = mask.sum()
             loss = -(logp.sum(-1) * mask).sum() / n
             opt.zero_grad(set_to_none=True)
@@ -212,7 +229,8 @@ def train(args) -> int:
             torch.distributed.all_reduce(t)
             stats = {"nll": float(t[0]), "notes": int(t[1]), "correct": int(t[2])}
         val_bits = stats["nll"] / max(1, stats["notes"]) / LN2
-        sched.step(val_bits)
+        if args.schedule == "plateau":
+            sched.step(val_bits)
         improved = val_bits < best - 1e-4
         best, bad_epochs = (val_bits, 0) if improved else (best, bad_epochs + 1)
         history.append({"epoch": epoch + 1, "train_bits_per_note": round(run_loss, 4),
@@ -225,7 +243,7 @@ def train(args) -> int:
                   f"{' (best)' if improved else ''}", file=sys.stderr)
             m = dict(base_meta, history=history, metrics={"val_bits_per_note": round(best, 4), "epochs": epoch + 1})
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-                     "best": best, "bad_epochs": bad_epochs}
+                     "best": best, "bad_epochs": bad_epochs, "minutes": (time.monotonic() - t_start) / 60}
             checkpoint.save(out / "last.pt", model, m, train_state=state)
             if improved:
                 checkpoint.save(out / "best.pt", model, m)

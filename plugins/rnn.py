@@ -1,0 +1,245 @@
+"""The stateful recurrent generator (``rnn``): a trained LSTM/GRU that folds each played
+note into its state in one step and answers by sampling from that state.
+
+* ``observe`` - a played note becomes one event ``(dt, pitch, dur, vel)`` once its
+  duration is known (at its note-off, or when the next note starts for a monophonic
+  model); then one O(1) step.  A polyphonic model queues notes in onset order (bounded:
+  a note held longer than 8 beats is folded as 8 beats long).
+* ``continuation`` - a generator: sample an event, feed it back, yield the note, repeat;
+  the engine pulls lazily and may stop it at any note.  The model keeps its own answer
+  in its state (it hears itself, as in a duet).
+* ``accompany`` - the chorale harmonizer: for each played melody note, bass, tenor and
+  alto sampled given the note and the history; they end with the played note.
+
+Config: ``checkpoint`` / ``harmonizer`` (paths; relative ones are looked up in the
+current folder, then in the project's ``models/``), ``style`` (a label the checkpoint
+knows, e.g. ``folk`` or ``chorale``; default ``folk`` if it knows it, else its first), ``temperature``, ``top_p``, ``low``/``high`` (answer pitch range),
+``key`` (e.g. ``"D minor"``: answer notes restricted to that scale), ``device``
+(``auto | cpu | cuda``; a missing GPU falls back to the CPU with a logged reason),
+``int8`` (int8 weights on the CPU), ``copy`` (added to the logit of the in-piece copy
+gate: negative values make answers quote the phrase less, positive more; 0 = as trained),
+``seed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from bridge.plugin import Context, Generator, Note, PlayedEvent, PluginError
+
+log = logging.getLogger("midi_bridge.plugins.rnn")
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MAX_GAP_WAITS = 2  # a silence longer than 3 x 8 beats is folded as 24 beats
+
+
+def resolve_model_path(name: str) -> Path:
+    import sys
+
+    p = Path(name).expanduser()
+    shared = Path(sys.prefix) / "share" / "midi-bridge" / "models"  # a non-editable install
+    for cand in (p, MODELS_DIR / p, MODELS_DIR / p.name, shared / p.name):
+        if cand.is_file():
+            return cand
+    raise PluginError(f"rnn: checkpoint {name!r} not found (looked in the current folder and {MODELS_DIR})")
+
+
+def load_stepper(path: str, device: str = "auto", int8: bool = False, seed=None):
+    """``(stepper, meta)`` for a checkpoint on the requested device (CPU fallback logged)."""
+    import torch
+
+    from bridge.model import checkpoint
+    from bridge.model.device import resolve_device
+    from bridge.model.step import Stepper
+
+    try:
+        model, meta, _ = checkpoint.load(resolve_model_path(path))
+    except checkpoint.CheckpointError as exc:
+        raise PluginError(f"rnn: {exc}") from None
+    dev, why = resolve_device(device)
+    if why:
+        log.warning("rnn: %s", why)
+    if dev.type == "cuda":
+        try:
+            from bridge.model.cuda_graph import GraphedStepper
+
+            return GraphedStepper(model, dev, seed=seed), meta
+        except Exception as exc:  # a broken GPU setup must not take the bridge down
+            log.warning("rnn: CUDA step unavailable (%s); using the CPU", exc)
+    torch.set_num_threads(1)
+    return Stepper(model, "cpu", int8=int8, seed=seed), meta
+
+
+class RNNGenerator(Generator):
+    name = "rnn"
+    modes = frozenset({"continue", "accompany"})
+    default_config = {
+        "checkpoint": "melody.pt",
+        "harmonizer": "chorale-harmonizer.pt",
+        "style": None,
+        "temperature": 0.9,
+        "top_p": 0.95,
+        "low": 36,
+        "high": 96,
+        "key": None,
+        "device": "auto",
+        "int8": False,
+        "copy": 0.0,
+        "seed": None,
+    }
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        from bridge.model import encoding, sampling
+
+        self.enc = encoding
+        cfg = self.config
+        self.st, meta = load_stepper(cfg["checkpoint"], cfg["device"], bool(cfg["int8"]), cfg["seed"])
+        if self.st.spec.view != "notes":
+            raise PluginError(f"rnn: {cfg['checkpoint']} is a {self.st.spec.view} model, not a note model")
+        self.st.gate_offset = float(cfg["copy"])
+        self.mono = bool(meta.get("mono", False))
+        styles = meta.get("styles") or ["default"]
+        style = cfg["style"] or ("folk" if "folk" in styles else styles[0])
+        if style not in styles:
+            raise PluginError(f"rnn: style {style!r} unknown to {cfg['checkpoint']} (it knows {', '.join(styles)})")
+        self.style = styles.index(style)
+        mask = sampling.pitch_range_mask(int(cfg["low"]), int(cfg["high"]))
+        if cfg["key"]:
+            from plugins.harmony import parse_key
+
+            tonic, mode = parse_key(str(cfg["key"]))
+            mask &= sampling.key_mask(tonic, mode)
+        self.masks = {"pitch": mask}
+        self.harm = None
+        if cfg["harmonizer"]:
+            try:
+                self.harm, hmeta = load_stepper(cfg["harmonizer"], cfg["device"], bool(cfg["int8"]), cfg["seed"])
+                self.harm_style = 0
+            except PluginError as exc:
+                log.warning("%s; accompaniment is off", exc)
+        self._warm_up()
+        self.reset()
+
+    def _warm_up(self) -> None:
+        """A few steps so the first played note does not pay for lazy initialisation."""
+        self.st.reset(self.style)
+        for _ in range(3):
+            self.st.feed(self.st.sample(masks=self.masks))
+        if self.harm is not None:
+            self.harm.reset(0)
+            self.harm.feed(self.harm.sample(given=(12, 72)))
+
+    # -- state ------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.st.reset(self.style)
+        self.last_onset: int | None = None  # grid step of the last folded event
+        self.pending: deque[list] = deque()  # [start, pitch, vel, dur or None]
+        if self.harm is not None:
+            self.harm.reset(0)
+        self.harm_last: int | None = None
+
+    def observe(self, event: PlayedEvent) -> None:
+        now = self.enc.beats_to_steps(event.beat)
+        if event.on:
+            if self.mono and self.pending:
+                head = self.pending[-1]
+                if head[0] == now:  # a chord: the melody is its highest note
+                    if event.pitch > head[1]:
+                        head[1], head[2] = event.pitch, event.velocity
+                    return
+                if head[3] is None:
+                    head[3] = now - head[0]
+            self.pending.append([now, event.pitch, event.velocity, None])
+        else:
+            for note in self.pending:
+                if note[1] == event.pitch and note[3] is None:
+                    note[3] = now - note[0]
+                    break
+        self._fold_ready(now)
+
+    def _fold_ready(self, now: int, flush: bool = False) -> None:
+        max_dur = self.enc.MAX_DUR
+        while self.pending:
+            head = self.pending[0]
+            if head[3] is None:
+                if flush or now - head[0] >= max_dur:
+                    head[3] = now - head[0]
+                else:
+                    break
+            self.pending.popleft()
+            self._fold(head[0], head[1], head[2], head[3])
+
+    def _fold(self, start: int, pitch: int, vel: int, dur: int) -> None:
+        enc = self.enc
+        dt = 0 if self.last_onset is None else max(0, start - self.last_onset)
+        waits = 0
+        while dt > enc.MAX_DT and waits < MAX_GAP_WAITS:
+            self.st.feed((enc.MAX_DT, enc.WAIT, 0, 0))
+            dt -= enc.MAX_DT
+            waits += 1
+        dt = min(dt, enc.MAX_DT)
+        self.st.feed((dt, pitch, max(1, min(enc.MAX_DUR, dur)), enc.vel_to_bin(vel)))
+        self.last_onset = start
+
+    # -- continue ---------------------------------------------------------------------
+    def continuation(self, context: Context) -> Iterator[Note]:
+        self._fold_ready(self.enc.beats_to_steps(context.beat), flush=True)
+        return self._answer(context)
+
+    def _answer(self, context: Context) -> Iterator[Note]:
+        # The answer feeds its own notes back into the recurrent state; when it ends (played
+        # out, interrupted, or a speculative answer discarded unplayed) the state returns to
+        # what the player played, so a discarded speculation leaves no trace.
+        snap, last_onset = self.st.snapshot(), self.last_onset
+        try:
+            yield from self._sample_answer(context)
+        finally:
+            self.st.restore(snap)
+            self.last_onset = last_onset
+
+    def _sample_answer(self, context: Context) -> Iterator[Note]:
+        enc, st, cfg = self.enc, self.st, self.config
+        base = enc.beats_to_steps(context.beat)
+        t = base if self.last_onset is None else self.last_onset
+        shift = None
+        last_start = 0.0
+        while True:
+            ev = st.sample(float(cfg["temperature"]), float(cfg["top_p"]), self.masks)
+            st.feed(ev)
+            t += ev[0]
+            self.last_onset = t
+            if ev[1] == enc.WAIT:
+                continue
+            if shift is None:
+                shift = max(0, base - t)
+            start = max(last_start, (t + shift - base) / enc.STEPS_PER_BEAT)
+            last_start = start
+            yield Note(pitch=ev[1], velocity=enc.bin_to_vel(ev[3]), start=start,
+                       duration=ev[2] / enc.STEPS_PER_BEAT)
+
+    # -- accompany --------------------------------------------------------------------
+    def accompany(self, event: PlayedEvent, context: Context) -> Sequence[Note]:
+        if self.harm is None:
+            return ()
+        enc = self.enc
+        now = enc.beats_to_steps(event.beat)
+        dt = 0 if self.harm_last is None else min(enc.MAX_DT, max(0, now - self.harm_last))
+        self.harm_last = now
+        ev = self.harm.sample(float(self.config["temperature"]), float(self.config["top_p"]),
+                              given=(dt, event.pitch))
+        self.harm.feed(ev)
+        vel = max(1, int(event.velocity * 0.8))
+        notes, seen = [], {event.pitch}
+        for iv in ev[2:]:
+            p = event.pitch - iv
+            if iv != enc.NONE and 0 <= p <= 127 and p not in seen:  # doubled voices sound once
+                seen.add(p)
+                notes.append(Note(pitch=p, velocity=vel, start=0.0, duration=None))
+        return notes
+
+    def close(self) -> None:
+        self.pending.clear()

@@ -1,0 +1,127 @@
+"""plugins/rnn.py: observe one step per note, lazy interruptible continuation, accompaniment."""
+
+import logging
+
+import pytest
+import torch
+
+from bridge.model import checkpoint
+from bridge.model.encoding import HARMONY_SPEC, NOTE_SPEC
+from bridge.model.rnn import EventRNN, ModelConfig
+from bridge.plugin import Context, PlayedEvent, PluginError
+from plugins.rnn import RNNGenerator
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck")
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=16, layers=1, emb=8, head=16)
+    checkpoint.save(d / "mel.pt", EventRNN(NOTE_SPEC, 2, cfg), {"styles": ["folk", "chorale"], "mono": True})
+    checkpoint.save(d / "harm.pt", EventRNN(HARMONY_SPEC, 1, cfg), {"styles": ["chorale"], "mono": False})
+    return d
+
+
+def ev(on, pitch, beat, vel=90):
+    return PlayedEvent(on=on, pitch=pitch, velocity=vel, channel=0, beat=beat, seconds=beat / 2)
+
+
+def make(ckpts, **kw):
+    cfg = {"checkpoint": str(ckpts / "mel.pt"), "harmonizer": str(ckpts / "harm.pt"), "seed": 1, "device": "cpu"}
+    cfg.update(kw)
+    return RNNGenerator(cfg)
+
+
+def test_observe_is_one_step_per_note(ckpts):
+    g = make(ckpts)
+    before = g.st.events
+    for i in range(8):
+        g.observe(ev(True, 60 + i, i * 0.5))
+        g.observe(ev(False, 60 + i, i * 0.5 + 0.25))
+    assert g.st.events - before == 8
+    # a chord into a monophonic model: only its top note is folded
+    g.observe(ev(True, 60, 10.0)), g.observe(ev(True, 67, 10.0)), g.observe(ev(False, 60, 10.5))
+    g.observe(ev(False, 67, 11.0))
+    assert g.st.events - before == 9
+
+
+def test_continuation_lazy_and_interruptible(ckpts):
+    g = make(ckpts, low=60, high=72, key="C major")
+    for i in range(4):
+        g.observe(ev(True, 62 + i, i))
+        g.observe(ev(False, 62 + i, i + 0.5))
+    steps = g.st.events
+    it = g.continuation(Context(tempo_bpm=120, beat=5.0, max_notes=8, max_beats=8))
+    assert g.st.events == steps  # nothing computed before the first pull
+    notes = [next(it) for _ in range(6)]
+    assert g.st.events - steps >= 6
+    it.close()
+    starts = [n.start for n in notes]
+    assert starts == sorted(starts) and starts[0] >= 0
+    assert all(60 <= n.pitch <= 72 and n.pitch % 12 in (0, 2, 4, 5, 7, 9, 11) for n in notes)
+    assert all(n.duration > 0 and 1 <= n.velocity <= 127 for n in notes)
+    g.observe(ev(True, 64, 20.0))  # playing on after an interrupted answer works
+
+
+def test_accompany_voices_below_melody(ckpts):
+    g = make(ckpts)
+    e = ev(True, 72, 0.0)
+    g.observe(e)
+    notes = g.accompany(e, Context(tempo_bpm=100, beat=0.0))
+    assert all(n.pitch < 72 and n.duration is None for n in notes)
+    assert len({n.pitch for n in notes}) == len(notes)
+
+
+def test_styles_and_missing_files(ckpts, caplog):
+    with pytest.raises(PluginError, match="style"):
+        make(ckpts, style="jazz")
+    with pytest.raises(PluginError, match="not found"):
+        make(ckpts, checkpoint="nope.pt")
+    with caplog.at_level(logging.WARNING):
+        g = make(ckpts, harmonizer="missing.pt")
+    assert g.accompany(ev(True, 60, 0), Context(tempo_bpm=100, beat=0)) == ()
+    assert "accompaniment is off" in caplog.text
+
+
+def test_cuda_request_falls_back_with_reason(ckpts, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with caplog.at_level(logging.WARNING):
+        g = make(ckpts, device="cuda")
+    assert "using the CPU" in caplog.text
+    assert g.st.device.type == "cpu"
+
+
+def test_int8_option(ckpts):
+    g = make(ckpts, int8=True)
+    g.observe(ev(True, 60, 0)), g.observe(ev(False, 60, 1))
+    assert next(g.continuation(Context(tempo_bpm=120, beat=2.0))).pitch >= 0
+
+
+def test_copy_knob_moves_the_gate(ckpts):
+    g = make(ckpts, copy=-2.0)
+    assert g.st.gate_offset == -2.0
+    g.st.reset()
+    base = g.st._s + float(g.st.gate_bias[g.st.feat])
+    assert g.st.gate_logit() == pytest.approx(base - 2.0)
+
+
+def test_a_closed_answer_leaves_the_state_as_the_player_left_it(ckpts):
+    """The engine may pre-sample an answer and discard it unplayed (speculation): closing
+    the continuation must restore the recurrent state the played notes built."""
+    g = make(ckpts)
+    for i in range(4):
+        g.observe(ev(True, 60 + 2 * i, i * 0.5))
+        g.observe(ev(False, 60 + 2 * i, i * 0.5 + 0.25))
+    it = g.continuation(Context(120.0, 2.5, 8, 8.0))
+    first = next(it)
+    assert first.duration > 0
+    h_during = g.st.h.clone()
+    it.close()
+    g2 = make(ckpts)
+    for i in range(4):
+        g2.observe(ev(True, 60 + 2 * i, i * 0.5))
+        g2.observe(ev(False, 60 + 2 * i, i * 0.5 + 0.25))
+    g2.continuation(Context(120.0, 2.5, 8, 8.0))  # folds the pending note, samples nothing
+    assert torch.equal(g.st.h, g2.st.h), "the discarded answer left its notes in the state"
+    assert not torch.equal(h_during, g.st.h)

@@ -1,0 +1,100 @@
+"""train (resume, early stopping, DDP under torchrun), checkpoints, evaluate."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bridge.model import checkpoint
+from bridge.model.cli import main as model_cli
+from bridge.model.dataset import prepare
+from test_model_dataset import make_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--hidden", "16", "--emb", "8", "--head", "16", "--layers", "1", "--batch-events", "512", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_corpus(root / "src", n=20)
+    prepare([root / "src"], root / "ds", mono=True, log=lambda *a, **k: None)
+    return root / "ds"
+
+
+def test_train_checkpoint_resume(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert model_cli(["train", "-d", str(dataset), "-o", str(run), "--epochs", "2", "--seed", "3",
+                      "--export", str(tmp_path / "small.pt"), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "epoch 2:" in err and "exported" in err
+    model, meta, state = checkpoint.load(run / "last.pt")
+    assert state["epoch"] == 1 and len(meta["history"]) == 2
+    assert meta["dataset_hash"] and meta["encoding_version"] == 1 and meta["model"]["hidden"] == 16
+    small = checkpoint.load_raw(tmp_path / "small.pt")
+    assert "train" not in small and all(v.dtype == torch.float16 for v in small["model"].values()
+                                        if v.is_floating_point())
+    assert model_cli(["train", "-d", str(dataset), "-o", str(run), "--epochs", "3", "--resume", "--seed", "3",
+                      *TINY]) == 0
+    assert "resumed" in capsys.readouterr().err
+    _, meta, state = checkpoint.load(run / "last.pt")
+    assert state["epoch"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2, 3]
+
+
+def test_seed_reproducible(dataset, tmp_path):
+    for name in ("a", "b"):
+        model_cli(["train", "-d", str(dataset), "-o", str(tmp_path / name), "--epochs", "1", "--seed", "5", *TINY])
+    a = checkpoint.load_raw(tmp_path / "a" / "last.pt")["model"]
+    b = checkpoint.load_raw(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_refuses_code_in_checkpoint(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "midi-bridge-rnn", "meta": "{}", "model": {}, "x": Evil()}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="refusing to load"):
+        checkpoint.load(path)
+    assert not marker.exists()
+    path.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(checkpoint.CheckpointError, match="refusing to load"):
+        checkpoint.load(path)
+    assert not marker.exists()
+    assert model_cli(["evaluate", "--checkpoint", str(path), "--dataset", str(tmp_path)]) == 2
+
+
+def test_ddp_two_processes_gloo(dataset, tmp_path):
+    run = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "bridge.model.cli", "train", "-d", str(dataset), "-o", str(run), "--epochs", "2",
+           "--device", "cpu", *TINY]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stderr
+    _, meta, state = checkpoint.load(run / "last.pt")
+    assert state["epoch"] == 1 and len(meta["history"]) == 2
+
+
+def test_evaluate_json(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    model_cli(["train", "-d", str(dataset), "-o", str(run), "--epochs", "1", *TINY])
+    capsys.readouterr()
+    assert model_cli(["evaluate", "--checkpoint", str(run / "best.pt"), "--dataset", str(dataset),
+                      "--split", "val", "--markov-order", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for name in ("rnn", "markov", "unigram"):
+        assert set(res[name]) >= {"bits_per_note", "accuracy", "perplexity"}
+        assert res[name]["bits_per_note"] > 0 and 0 <= res[name]["accuracy"] <= 1
+        assert res[name]["perplexity"] == pytest.approx(2 ** res[name]["bits_per_note"], rel=1e-2)

@@ -156,7 +156,10 @@ class Engine:
             self._warn_once("malformed", f"ignored malformed MIDI input ({e}); "
                                          "check the device or the routing (counted in stats)")
             return
-        if self.guard.is_echo(msg, t):
+        # The note-off of a key the player holds is never taken for an echo: that would
+        # leave the note (and what the bridge plays with it) hanging.
+        if not (msg[0] & 0xF0 == midi.NOTE_OFF and (msg[0] & 0x0F, msg[1]) in self.held) \
+                and self.guard.is_echo(msg, t):
             self.stats["echoes"] += 1
             self._warn_once("echo", "the bridge's own output is coming back on its input "
                                     "(feedback loop: do not route 'out' back to 'in'); echoes are ignored")
@@ -257,18 +260,19 @@ class Engine:
             else:
                 self.sched.release(now, tch, pitch, THRU, velocity)
             self.sched.pump(now)  # the played note goes out before any generator work
+        key = (ch, pitch)
+        if on:
+            self.held.add(key)
+        else:
+            self.held.discard(key)
         if self.mode == "thru" or self.gen is None:
             return
         ev = PlayedEvent(on, pitch, velocity, ch, self.beat_at(now), (now - self._origin) / 1e9)
-        key = (ch, pitch)
         if on:
             if not self.phrase_notes:
                 self.phrase_start_ns = now
-            self.held.add(key)
             self.phrase.append(ev)
             self.phrase_notes += 1
-        else:
-            self.held.discard(key)
         self.last_input_ns = now
         self._call(self.gen.observe, ev)
         if self.mode == "accompany":
@@ -380,6 +384,7 @@ class Engine:
             self.sched.note(t_on, t_off, self._channel(n), n.pitch, n.velocity, CONT)
             self._cont_until = max(self._cont_until, t_off)
             answer.take()
+            self.sched.pump(now)  # a due note leaves before the generator samples the next
 
     def _valid_cont(self, n: Note) -> bool:
         return self._valid(n, need_duration=True)

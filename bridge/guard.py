@@ -4,7 +4,8 @@ A routing mistake (a DAW track monitoring "All Ins", the output port wired to th
 sends every generated note straight back in, where it would be answered again: a
 runaway loop.  The guard remembers what was sent in the last ``window_ns`` and drops an
 identical message arriving within that window, once per copy sent (as Notochord does
-with a 30 ms window).  Work per message is O(1); memory is bounded by the number of
+with a 30 ms window).  The engine never drops the note-off of a key the player holds, even
+when it equals one the bridge just sent: losing it would leave a note hanging.  Work per message is O(1); memory is bounded by the number of
 distinct messages (at most 3 x 16 x 128 x 128).
 """
 

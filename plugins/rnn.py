@@ -141,6 +141,7 @@ class RNNGenerator(Generator):
         if self.harm is not None:
             self.harm.reset(0)
         self.harm_last: int | None = None
+        self._voices: list[int] = []  # the last voicing sounded (absolute pitches)
 
     def observe(self, event: PlayedEvent) -> None:
         now = self.enc.beats_to_steps(event.beat)
@@ -215,7 +216,7 @@ class RNNGenerator(Generator):
             if ev[1] == enc.WAIT:
                 continue
             if shift is None:
-                shift = max(0, base - t)
+                shift = base - t  # the answer's first note sounds as the answer starts
             start = max(last_start, (t + shift - base) / enc.STEPS_PER_BEAT)
             last_start = start
             yield Note(pitch=ev[1], velocity=enc.bin_to_vel(ev[3]), start=start,
@@ -239,6 +240,18 @@ class RNNGenerator(Generator):
             if iv != enc.NONE and 0 <= p <= 127 and p not in seen:  # doubled voices sound once
                 seen.add(p)
                 notes.append(Note(pitch=p, velocity=vel, start=0.0, duration=None))
+        if notes:
+            self._voices = [n.pitch for n in notes]
+        else:
+            # The chorale model holds its voices under a passing note (no new attack).  In
+            # accompany mode the old voices ended with the old note, so the held chord is
+            # sounded again under this one (an octave lower where it would not fit below).
+            for p in self._voices:
+                while p >= event.pitch:
+                    p -= 12
+                if p >= 0 and p not in seen:
+                    seen.add(p)
+                    notes.append(Note(pitch=p, velocity=vel, start=0.0, duration=None))
         return notes
 
     def close(self) -> None:

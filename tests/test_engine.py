@@ -934,3 +934,17 @@ def test_a_note_held_through_thru_is_not_cut_by_the_safety_note_off():
     assert rig.msgs() == [(0x90, 60, 100)]
     rig.off(60_000, 60)
     assert rig.timed()[-1] == (60_000, (0x80, 60, 0))
+
+
+def test_a_players_note_off_equal_to_one_the_bridge_just_sent_is_not_taken_for_an_echo():
+    """Dropping it would leave the player's note (and its accompaniment) hanging."""
+    from helpers import Intervals
+
+    class Unison(Intervals):
+        INTERVALS = (0,)  # the accompaniment doubles the played pitch on the output channel
+
+    rig = Rig({"u": Unison}, engine={"mode": "accompany"}, thru={"enabled": True})
+    rig.on(0, 60)
+    rig.off(5, 60)   # within the feedback window of the bridge's own note-off (0x80, 60, 0)
+    assert not unmatched(rig.msgs())
+    assert rig.engine.stats["echoes"] == 0

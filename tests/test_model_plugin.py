@@ -125,3 +125,22 @@ def test_a_closed_answer_leaves_the_state_as_the_player_left_it(ckpts):
     g2.continuation(Context(120.0, 2.5, 8, 8.0))  # folds the pending note, samples nothing
     assert torch.equal(g.st.h, g2.st.h), "the discarded answer left its notes in the state"
     assert not torch.equal(h_during, g.st.h)
+
+
+def test_a_held_chord_sounds_again_under_a_passing_note(ckpts):
+    """The chorale harmonizer may hold its voices (no new attack) under a passing note; in
+    accompany mode the old voices ended with the old note, so they must sound again."""
+    from bridge.model import encoding as enc
+
+    g = make(ckpts)
+    first = ev(True, 67, 0.0)
+    g.observe(first)
+    g.harm.sample = lambda *a, **k: (0, 67, 7, 12, 19)  # voices a 5th, an octave, a 12th below
+    voices = [n.pitch for n in g.accompany(first, Context(120.0, 0.0))]
+    assert voices == [60, 55, 48]
+    g.harm.sample = lambda *a, **k: (1, 59, enc.NONE, enc.NONE, enc.NONE)  # hold
+    passing = ev(True, 59, 0.1)
+    g.observe(passing)
+    held = sorted(n.pitch for n in g.accompany(passing, Context(120.0, 0.1)))
+    assert held == [48, 55]  # 60 does not fit under 59: an octave lower, 48, already sounds
+    assert all(n.duration is None for n in g.accompany(passing, Context(120.0, 0.1)))

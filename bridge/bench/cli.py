@@ -37,9 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="length of the sustained-load row (default 30)")
     p.add_argument("--load-rate", type=float, default=200.0, metavar="N",
                    help="notes per second in the load row, each a note-on and a note-off (default 200)")
-    p.add_argument("--generator", default="markov", metavar="NAME",
+    p.add_argument("--generator", default="rnn", metavar="NAME",
                    help="generator for the continue and grid rows (default markov)")
-    p.add_argument("--accompany-generator", default="harmony", metavar="NAME",
+    p.add_argument("--accompany-generator", default="rnn", metavar="NAME",
                    help="generator for the accompany row (default harmony)")
     p.add_argument("--silence-ms", type=float, default=200.0, metavar="MS",
                    help="phrase-end silence of the continue and grid rows (default 200)")

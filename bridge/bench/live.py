@@ -57,8 +57,8 @@ class Options:
     phrases: int = 40           # phrases for the continue and grid rows
     load_seconds: float = 30.0
     load_rate: float = 200.0    # notes per second (each a note-on and a note-off)
-    generator: str = "markov"   # continue and grid rows
-    accompany_generator: str = "harmony"
+    generator: str = "rnn"      # continue and grid rows (the default trained model)
+    accompany_generator: str = "rnn"
     silence_ms: float = 200.0
     bpm: float = 120.0          # the driver's clock for the grid row
     offset_ms: float = 0.0      # the bridge's output.offset_ms in the grid row

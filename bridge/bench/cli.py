@@ -38,9 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-rate", type=float, default=200.0, metavar="N",
                    help="notes per second in the load row, each a note-on and a note-off (default 200)")
     p.add_argument("--generator", default="rnn", metavar="NAME",
-                   help="generator for the continue and grid rows (default markov)")
+                   help="generator for the continue and grid rows (default rnn, the shipped model)")
     p.add_argument("--accompany-generator", default="rnn", metavar="NAME",
-                   help="generator for the accompany row (default harmony)")
+                   help="generator for the accompany row (default rnn, the shipped harmonizer)")
     p.add_argument("--silence-ms", type=float, default=200.0, metavar="MS",
                    help="phrase-end silence of the continue and grid rows (default 200)")
     p.add_argument("--bpm", type=float, default=120.0, help="tempo of the driver's clock (grid row)")

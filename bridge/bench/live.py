@@ -108,8 +108,21 @@ class LiveBench:
 
     # -- rows ---------------------------------------------------------------------------
 
+    def _warm_up(self, driver: Driver) -> None:
+        """One round trip before measuring, not counted: the route must be up (a new JACK
+        connection takes effect in a later cycle, later still on a loaded machine)."""
+        for _ in range(3):
+            start = driver.mark()
+            t0 = driver.send([0x90 | PLAYER, 35, 1])
+            got = driver.wait(start, first_note_on(PLAYER, 35, t0), 2.0)
+            driver.send([0x80 | PLAYER, 35, 0])
+            time.sleep(0.05)
+            if got is not None:
+                return
+
     def round_trips(self, driver: Driver, n: int) -> dict[str, Any]:
         lat, lost = [], 0
+        self._warm_up(driver)
         for i in range(n):
             pitch = 36 + i % 60
             start = driver.mark()

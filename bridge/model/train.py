@@ -247,7 +247,11 @@ def train(args) -> int:
             checkpoint.save(out / "last.pt", model, m, train_state=state)
             if improved:
                 checkpoint.save(out / "best.pt", model, m)
-        timed_out = args.max_minutes and (time.monotonic() - t_start) / 60 > args.max_minutes
+        timed_out = bool(args.max_minutes and (time.monotonic() - t_start) / 60 > args.max_minutes)
+        if world > 1:  # every rank must stop at the same epoch (clocks differ a little)
+            flag = torch.tensor([float(timed_out)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            timed_out = bool(flag.item())
         if bad_epochs >= args.patience or timed_out:
             if lead:
                 print(f"stopping: {'time budget' if timed_out else 'no improvement for %d epochs' % bad_epochs}",
@@ -258,5 +262,8 @@ def train(args) -> int:
         checkpoint.save(args.export, model_b, m, half=True)
         print(f"exported {args.export} ({os.path.getsize(args.export) / 1e6:.1f} MB, float16)", file=sys.stderr)
     if world > 1:
+        # Every rank waits for the lead's checkpoint writing before the group goes away:
+        # tearing gloo down while a peer is still busy aborts that peer.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0

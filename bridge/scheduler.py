@@ -144,7 +144,10 @@ class Scheduler:
                         heapq.heappush(heap, [t, seq, msg, tag, epoch, serial, safety_ns])
                         continue
                 self._sounding[key] = (seq, tag)
-                self._by_tag.setdefault(tag, set()).add(key)
+                keys = self._by_tag.get(tag)
+                if keys is None:  # (setdefault would build a set for every note)
+                    keys = self._by_tag[tag] = set()
+                keys.add(key)
                 if safety_ns:
                     self._push(t + safety_ns, midi.note_off(*key), None, seq)
             elif kind == midi.NOTE_OFF and serial != -2:

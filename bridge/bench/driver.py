@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import rtmidi
 
-NOTE_OFF, NOTE_ON = 0x80, 0x90
+NOTE_OFF, NOTE_ON, CONTROL = 0x80, 0x90, 0xB0
 _serial = itertools.count()
 
 
@@ -36,32 +36,45 @@ def unique_name(prefix: str) -> str:
 
 
 class Msg(NamedTuple):
-    t_ns: int
+    t_ns: int  # time.perf_counter_ns() when the input callback ran
     data: bytes
 
     @property
-    def is_note_on(self) -> bool:
-        return len(self.data) == 3 and self.data[0] & 0xF0 == NOTE_ON and self.data[2] > 0
-
-    @property
-    def is_note_off(self) -> bool:
-        return len(self.data) == 3 and (self.data[0] & 0xF0 == NOTE_OFF or (
-            self.data[0] & 0xF0 == NOTE_ON and self.data[2] == 0))
+    def kind(self) -> int:
+        return self.data[0] & 0xF0
 
     @property
     def channel(self) -> int:
         return self.data[0] & 0x0F
 
+    @property
+    def is_note_on(self) -> bool:
+        return len(self.data) == 3 and self.kind == NOTE_ON and self.data[2] > 0
+
+    @property
+    def is_note_off(self) -> bool:
+        return len(self.data) == 3 and (self.kind == NOTE_OFF or (
+            self.kind == NOTE_ON and self.data[2] == 0))
+
+    def is_cc(self, number: int, value: int | None = None) -> bool:
+        return (self.kind == CONTROL and len(self.data) == 3 and self.data[1] == number
+                and (value is None or self.data[2] == value))
+
 
 class Driver:
-    """Plays into ``to_port`` and records what comes out of ``from_port`` of ``client``."""
+    """Plays into ``to_port`` and records what comes out of ``from_port``.
 
-    def __init__(self, client: str, to_port: str, from_port: str, timeout: float = 10.0,
-                 settle: float = 0.2) -> None:
-        self.name = unique_name("mb-bench-driver")
+    Ports are matched on the port part of ``client:port`` (JACK renames a duplicate client
+    ``midi-bridge`` to ``midi-bridge-01``), never on the driver's own ports, and when
+    ``client`` is given only on ports of that client (or its renamed ``client-NN``).
+    """
+
+    def __init__(self, client: str | None, to_port: str, from_port: str, timeout: float = 10.0,
+                 settle: float = 0.2, name: str | None = None) -> None:
+        self.name = name or unique_name("mb-bench-driver")
         self.client = client
         self.received: list[Msg] = []
-        self.errors = 0
+        self.errors: list[BaseException] = []
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
         self.midi_out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=self.name)
@@ -76,7 +89,8 @@ class Driver:
             raise
         time.sleep(settle)  # a new JACK connection takes effect in a later cycle
 
-    def _mine(self, client: str, name: str) -> bool:
+    @staticmethod
+    def _named(client: str, name: str) -> bool:
         return re.fullmatch(re.escape(name) + r"(-\d+)?", client) is not None
 
     def _open(self, midi, match: str, own: str, timeout: float) -> str:
@@ -85,11 +99,12 @@ class Driver:
             ports = midi.get_ports()
             for index, full in enumerate(ports):
                 client, _, port = full.partition(":")
-                if match in port and self._mine(client, self.client):
+                if (match in port and not self._named(client, self.name)
+                        and (self.client is None or self._named(client, self.client))):
                     midi.open_port(index, own)
                     return full
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no JACK port {self.client}:{match!r}; ports: {ports}")
+                raise TimeoutError(f"no JACK port {self.client or '*'}:{match!r}; ports: {ports}")
             time.sleep(0.05)
 
     def _on_message(self, event, _data=None) -> None:
@@ -98,8 +113,8 @@ class Driver:
             with self._cond:
                 self.received.append(Msg(t_ns, bytes(event[0])))
                 self._cond.notify_all()
-        except Exception:  # noqa: BLE001
-            self.errors += 1
+        except BaseException as exc:  # noqa: BLE001
+            self.errors.append(exc)
 
     def send(self, data: Sequence[int]) -> int:
         """Send one message; returns perf_counter_ns() taken just before sending."""

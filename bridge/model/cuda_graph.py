@@ -112,13 +112,7 @@ class GraphedStepper(Stepper):
         return rows
 
     def reset(self, style: int = 0) -> torch.Tensor:
-        self.style = int(style)
-        self.cache.reset()
-        self.cands, self.q, self.feat = [], [], 0
-        with torch.inference_mode():
-            self.h.zero_()
-            if self.c is not None:
-                self.c.zero_()
+        self._clear(style)
         self.events = 0
         return self._run_step(self._rows(None, bos=True))
 

@@ -109,13 +109,8 @@ class Stepper:
     # -- state ------------------------------------------------------------------------
     def reset(self, style: int = 0) -> torch.Tensor:
         """Zero state, empty cache, then the begin-of-piece step; returns field 0 logits."""
-        self.style = int(style)
-        self.cache.reset()
-        self.cands, self.q, self.feat = [], [], 0
+        self._clear(style)
         with torch.inference_mode():
-            self.h.zero_()
-            if self.c is not None:
-                self.c.zero_()
             x = self.t_bos + self.t_style[self.style]
             if self.copy:
                 x = x + self.t_feat[0]
@@ -125,6 +120,16 @@ class Stepper:
         self.events = 0
         self._l0 = self.field_logits(0, ())
         return self._l0
+
+    def _clear(self, style: int) -> None:
+        """Zero recurrent state and forget the piece (shared with the graphed stepper)."""
+        self.style = int(style)
+        self.cache.reset()
+        self.cands, self.q, self.feat = [], [], 0
+        with torch.inference_mode():
+            self.h.zero_()
+            if self.c is not None:
+                self.c.zero_()
 
     def snapshot(self):
         """The recurrent state (the piece cache is not part of it)."""

@@ -6,6 +6,7 @@ note helpers, and waiting that fails with everything received.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 from bridge.bench.driver import NOTE_OFF, NOTE_ON, Driver, Msg, unique_name
@@ -39,6 +40,17 @@ class MidiClient(Driver):
 
     def note_off(self, pitch: int, channel: int = 0, velocity: int = 0) -> int:
         return self.send([NOTE_OFF | channel, pitch, velocity])
+
+    def play_phrase(self, pitches: Sequence[int], channel: int = 0, on_s: float = 0.12,
+                    gap_s: float = 0.04, velocity: int = 96) -> int:
+        """Play ``pitches`` one after the other; returns the perf_counter_ns of the last note-off."""
+        t_ns = 0
+        for pitch in pitches:
+            self.note_on(pitch, velocity, channel)
+            time.sleep(on_s)
+            t_ns = self.note_off(pitch, channel)
+            time.sleep(gap_s)
+        return t_ns
 
     def messages(self) -> list[Received]:
         self.check()

@@ -132,13 +132,7 @@ def wait_following(bridge: Bridge, timeout: float = 5.0) -> float:
 
 def play(midi: MidiClient, pitches: list[int], on_s: float = 0.08, gap_s: float = 0.04) -> int:
     """Play a phrase; returns the send time of its last note-off."""
-    t = 0
-    for pitch in pitches:
-        midi.note_on(pitch, 96, PLAYER)
-        time.sleep(on_s)
-        t = midi.note_off(pitch, PLAYER)
-        time.sleep(gap_s)
-    return t
+    return midi.play_phrase(pitches, PLAYER, on_s, gap_s)
 
 
 def out_ons(messages: list[Received], after_ns: int = 0) -> list[Received]:

@@ -128,14 +128,8 @@ def note_ons(messages: list[Received], channel: int | None = OUT_CH) -> list[Rec
 
 def play_phrase(midi: MidiClient, pitches: list[int], on_s: float = 0.12,
                 gap_s: float = 0.04) -> int:
-    """Play ``pitches`` one after the other; returns the perf_counter_ns of the last note-off."""
-    t_ns = 0
-    for pitch in pitches:
-        midi.note_on(pitch, 96, PLAYER_CH)
-        time.sleep(on_s)
-        t_ns = midi.note_off(pitch, PLAYER_CH)
-        time.sleep(gap_s)
-    return t_ns
+    """Play ``pitches`` on the player's channel; the perf_counter_ns of the last note-off."""
+    return midi.play_phrase(pitches, PLAYER_CH, on_s, gap_s)
 
 
 def plugins_json() -> dict[str, dict]:

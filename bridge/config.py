@@ -112,6 +112,27 @@ def _grid(v: Any) -> Any:
     return parse_grid(v if v is None or isinstance(v, str) else str(v))
 
 
+def _control_map(v: Any) -> dict[str, tuple[str, int, int | None]]:
+    """``action: "cc N" | "note N"`` (optionally ``" ch C"``), parsed by :mod:`bridge.control`."""
+    from .control import ACTIONS, parse_spec
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError("a mapping of action to 'cc N' or 'note N' (actions: " + ", ".join(ACTIONS) + ")")
+    out = {}
+    for action, spec in v.items():
+        if action not in ACTIONS:
+            raise ValueError(f"actions from: {', '.join(ACTIONS)} (not {action!r})")
+        if spec is None:
+            continue
+        out[action] = parse_spec(spec)
+    return out
+
+
+def _opt_path(v: Any) -> str | None:
+    return None if v is None else _str(v)
+
+
 def _generators(v: Any) -> dict[str, dict]:
     if not isinstance(v, dict) or not all(isinstance(k, str) and (s is None or isinstance(s, dict))
                                           for k, s in v.items()):
@@ -144,6 +165,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_note_beats": Key(8, _num(0.05, 64)),
         "beats_per_bar": Key(4, _num(1, 32, integer=True)),
         "realtime": Key(True, _bool),
+        "plugin_budget_ms": Key(25, _num(0.1, 10000)),
+        "max_overruns": Key(3, _num(1, 1000, integer=True)),
     },
     "clock": {
         "follow": Key(True, _bool),
@@ -179,6 +202,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "program_change": Key(True, _bool),
         "next_cc": Key(None, _opt(_num(0, 127, integer=True), "off")),
         "order": Key([], _str_list),
+        "map": Key({}, _control_map),
+        "echo": Key(True, _bool),
+    },
+    "record": {
+        "dir": Key(None, _opt_path),
+        "ratings": Key("ratings.jsonl", _str),
+    },
+    "status": {
+        "tui": Key("auto", _choice("auto", "on", "off")),
+        "window_s": Key(60, _num(1, 3600)),
     },
     "generators": {
         # Per-plugin settings, checked against each plugin's default_config when loaded.

@@ -31,6 +31,15 @@ Methods (all but ``observe`` optional, depending on the modes declared):
   played note ends, whichever comes first.  ``accompany`` is called after ``observe``
   of the same event.
 * ``close()`` - release resources when the bridge stops or drops the generator.
+* ``rating_context()`` - optional (contract 1.1): a small JSON-able dict saved with a
+  performer's rating of the last answer (for example the checkpoint and the state the
+  answer was sampled from), so a trainer can learn from it.  Default: ``{}``.
+
+Live controls (contract 1.1): the performer can turn ``temperature`` and ``density``
+while playing (a MIDI CC, the terminal).  The engine hands them to the generator in the
+:class:`Context`; ``temperature`` is ``None`` until the performer sets it (use your
+configured value), ``density`` is 1.0 by default and the engine itself thins answers and
+accompaniment below 1.0, so a generator may ignore both.
 
 The bridge guarantees that every note it starts on a plugin's behalf is ended (note-off
 on the note's end, on the parent's release, on interruption, swap, stop, crash, and after
@@ -44,7 +53,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 #: Version of this contract.  The major number changes when an existing plugin could
 #: break; a plugin declares the major it was written for in ``api_version``.
-API_VERSION: tuple[int, int] = (1, 0)
+API_VERSION: tuple[int, int] = (1, 1)
 
 #: Entry-point group that first- and third-party generators register under.
 ENTRY_POINT_GROUP = "midi_bridge.generators"
@@ -95,6 +104,9 @@ class Context:
     ``max_notes`` and ``max_beats`` bound a continuation (the engine enforces both, a
     generator may use them to shape its answer); ``phrase`` is the last phrase's played
     note-ons (a tuple, bounded in length by the engine) for generators that want them.
+    ``temperature`` is the performer's live sampling temperature (``None``: not set, use
+    your own); ``density`` the performer's live density, 0 to 1 (the engine already
+    drops notes below 1; a generator may also use it to shape what it plays).
     """
 
     tempo_bpm: float
@@ -102,6 +114,8 @@ class Context:
     max_notes: int = 0
     max_beats: float = 0.0
     phrase: Sequence[PlayedEvent] = field(default_factory=tuple)
+    temperature: float | None = None
+    density: float = 1.0
 
 
 class Generator:
@@ -138,6 +152,10 @@ class Generator:
 
     def close(self) -> None:
         """Release resources."""
+
+    def rating_context(self) -> Mapping[str, Any]:
+        """JSON-able facts saved with a rating of the last answer (checkpoint, state...)."""
+        return {}
 
 
 class PluginError(Exception):

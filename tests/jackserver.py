@@ -28,7 +28,9 @@ from bridge.jack import (  # noqa: F401 - re-exported
     settings,
 )
 
-SERVER_NAME = "midi-bridge-tests"
+# One fixed name; MIDI_BRIDGE_TEST_JACK overrides it only so that several checkouts on one
+# developer machine can run the integration tests side by side (CI never sets it).
+SERVER_NAME = os.environ.get("MIDI_BRIDGE_TEST_JACK") or "midi-bridge-tests"
 
 
 def client_env(name: str = SERVER_NAME) -> dict[str, str]:

@@ -11,14 +11,24 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+from .faults import DONE, FAILED
 from .plugin import Note
 
 
-class Answer:
-    __slots__ = ("it", "b0", "t0", "count", "skipped", "next", "done")
+def _next(it: Iterator[Note]):
+    try:
+        return next(it)
+    except StopIteration:
+        return DONE
 
-    def __init__(self, it: Iterator[Note]) -> None:
+
+class Answer:
+    __slots__ = ("it", "pull", "prompt", "b0", "t0", "count", "skipped", "next", "done")
+
+    def __init__(self, it: Iterator[Note], pull: Callable = _next) -> None:
         self.it = it
+        self.pull = pull               # guarded next(): a note, DONE or FAILED
+        self.prompt: tuple = ()        # the phrase it answers
         self.b0: float | None = None   # beat the answer starts on (None until it plays)
         self.t0 = 0                    # and when that is, in ns
         self.count = 0                 # notes scheduled
@@ -26,18 +36,12 @@ class Answer:
         self.next: Note | None = None  # pulled, not yet scheduled
         self.done = False
 
-    def peek(self, valid: Callable[[Note], bool], max_notes: int, max_beats: float,
-             on_error: Callable[[BaseException], None]) -> Note | None:
+    def peek(self, valid: Callable[[Note], bool], max_notes: int, max_beats: float) -> Note | None:
         """The next note to schedule (pulling one from the generator if needed), or None
         when the answer is over (exhausted, bounded, failing, or only invalid notes)."""
         while self.next is None and not self.done:
-            try:
-                n = next(self.it)
-            except StopIteration:
-                self.done = True
-                break
-            except Exception as e:  # noqa: BLE001 - a plugin bug must not stop the bridge
-                on_error(e)
+            n = self.pull(self.it)
+            if n is DONE or n is FAILED:  # (a failure is already reported by the guard)
                 self.done = True
                 break
             if not valid(n):

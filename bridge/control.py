@@ -6,7 +6,7 @@ message is consumed: it is not played, passed through or handed to the generator
 
 Continuous actions take the CC value (0-127) and scale it:
 
-* ``temperature`` - sampling temperature 0.1 to 2.0 (64 is about 1.0),
+* ``temperature`` - sampling temperature 0.1 to 1.0 over the lower half, up to 2.0 above,
 * ``length``      - answer length, 0.25x to 2x of ``continuation.max_notes``/``max_beats``,
 * ``density``     - 0 to 1: the share of generated notes that are played,
 * ``mode``        - continue / accompany / thru in three ranges of the knob,
@@ -51,8 +51,8 @@ def format_spec(kind: str, number: int, channel: int | None = None) -> str:
 def scale(action: str, value: int) -> float:
     """A CC value 0-127 as the action's quantity."""
     x = max(0, min(127, value)) / 127.0
-    if action == "temperature":
-        return round(0.1 * (20.0 ** x), 3)  # 0.1 .. 2.0, 1.0 near the middle (geometric)
+    if action == "temperature":  # 0.1 .. 1.0 geometric over the lower half, 1.0 .. 2.0 above
+        return round(0.1 * 10.0 ** (2 * x) if x <= 0.5 else 1.0 + 2 * (x - 0.5), 3)
     if action == "length":
         return round(0.25 * (8.0 ** x), 3)  # 0.25x .. 2x, 1x at 1/3 of the travel
     if action == "density":
@@ -64,7 +64,8 @@ def unscale(action: str, quantity: float) -> int:
     """The CC value that shows ``quantity`` (for echoing the state to a controller)."""
     import math
     if action == "temperature":
-        x = math.log(max(0.1, min(2.0, quantity)) / 0.1) / math.log(20.0)
+        q = max(0.1, min(2.0, quantity))
+        x = math.log10(q / 0.1) / 2 if q <= 1.0 else 0.5 + (q - 1.0) / 2
     elif action == "length":
         x = math.log(max(0.25, min(2.0, quantity)) / 0.25) / math.log(8.0)
     elif action == "density":

@@ -23,6 +23,12 @@ and tempo (:mod:`bridge.sync`); answers start on the next beat or bar
 (``continuation.start_on``) and notes can be quantised to a grid with swing.  Without a
 clock the internal tempo (``engine.bpm``) converts beats, and answers start at once.
 Transport Stop ends every generated note and resets the phrase; Start rewinds.
+
+Live controls (:mod:`bridge.control`): mapped CCs and notes, and ``("cmd", ...)`` items
+from the terminal, change temperature, answer length, density, mode and generator, end
+every note, or rate the last answer.  Faults (:mod:`bridge.faults`): a generator that
+raises or overruns its time budget too often is replaced by the previous one, or by
+thru.  Every input event is counted in exactly one of :data:`ACCOUNTED`.
 """
 
 from __future__ import annotations
@@ -35,10 +41,12 @@ from typing import Any, Callable, Iterator
 import random
 
 from . import midi
+from . import control as ctl_mod
 from .answer import Answer
 from .clock import Tempo
 from .grid import next_boundary, quantize
 from .guard import FeedbackGuard
+from .faults import PluginGuard
 from .host import GeneratorHost
 from .plugin import Context, Generator, Note, PlayedEvent, PluginError
 from .scheduler import Scheduler
@@ -48,6 +56,12 @@ log = logging.getLogger(__name__)
 
 CONT = "cont"
 THRU = "thru"
+CONTROL = "control"
+MODES = ("continue", "accompany", "thru")
+
+#: Every input event is counted in exactly one of these ``stats`` keys:
+#: ``stats["events_in"] == sum(stats[k] for k in ACCOUNTED)``.
+ACCOUNTED = ("malformed", "echoes", "system", "control", "filtered", "notes_in", "notes_off", "other")
 
 
 class Engine:
@@ -69,6 +83,11 @@ class Engine:
         self.control_channel: int = ctl["channel"]
         self.program_change: bool = ctl["program_change"]
         self.next_cc = ctl["next_cc"]
+        self.cmap = ctl_mod.ControlMap(ctl["map"])
+        self.echo: bool = ctl["echo"]
+        #: The performer's live values: temperature (None: the generator's own), answer
+        #: length (x continuation.max_notes/max_beats) and density (share of notes played).
+        self.controls: dict[str, Any] = {"temperature": None, "length": 1.0, "density": 1.0}
         self.silence_ms: float = ph["silence_ms"]
         self.silence_beats: float | None = ph["silence_beats"]
         self.min_notes: int = ph["min_notes"]
@@ -77,6 +96,7 @@ class Engine:
         self.beats_per_bar: int = eng["beats_per_bar"]
         self.max_beats: float = (co["max_beats"] if co["max_bars"] is None
                                  else co["max_bars"] * self.beats_per_bar)
+        self._base_length = (self.max_notes, self.max_beats)
         self.lookahead_ns = int(co["lookahead_ms"] * 1e6)
         self.start_on: str = co["start_on"]
         self.speculate: bool = co["speculate"]
@@ -96,6 +116,16 @@ class Engine:
         self.host = host
         self.gen: Generator | None = None
         self.gen_name: str | None = None
+        self.prev_name: str | None = None
+        self.guard_calls = PluginGuard(eng["plugin_budget_ms"], eng["max_overruns"])
+        self._fallback_thru = False  # a failed generator left nothing to fall back on
+        #: Optional hooks set by the live runner: a recorder (inp/out/marker/tempo), the
+        #: ratings sink (one dict per rating) and a latency window (add(t, latency_ns)).
+        self.recorder: Any = None
+        self.on_rating: Callable[[dict], None] | None = None
+        self.latency: Any = None
+        self.wall_ns: Callable[[], int] | None = None   # real clock for latency samples
+        self._last: tuple[tuple[PlayedEvent, ...], deque] | None = None  # last answer, for ratings
         self._now = now_ns
         self._origin = now_ns
         self.held: set[tuple[int, int]] = set()
@@ -106,9 +136,12 @@ class Engine:
         self._answer: Answer | None = None   # playing
         self._spec: Answer | None = None     # pre-sampled while the player is silent
         self._cont_until = 0  # when the last note of the answer ends
-        self.stats = {"events_in": 0, "notes_in": 0, "malformed": 0, "echoes": 0, "filtered": 0,
-                      "plugin_errors": 0, "bad_notes": 0, "answers": 0, "interrupted": 0,
-                      "swaps": 0, "system": 0, "speculated": 0, "speculation_used": 0}
+        self.stats = {"events_in": 0, "notes_in": 0, "notes_off": 0, "other": 0, "control": 0,
+                      "malformed": 0, "echoes": 0, "filtered": 0,
+                      "plugin_errors": 0, "overruns": 0, "replaced": 0, "bad_notes": 0,
+                      "answers": 0, "interrupted": 0, "swaps": 0, "system": 0, "speculated": 0,
+                      "speculation_used": 0, "thinned": 0, "ratings": 0, "commands": 0}
+        self.guard_calls.on_error = self._plugin_error
         self._warned: set[str] = set()
 
     # -- generator selection ----------------------------------------------------------
@@ -122,8 +155,17 @@ class Engine:
             self._end_everything(self._now)
             self.stats["swaps"] += 1
             log.info("generator: %s -> %s", self.gen_name, name)
+            if self.gen_name != name:
+                self.prev_name = self.gen_name
+        if self._fallback_thru:
+            self._end_everything(self._now)
+            self._fallback_thru = False
+            log.info("generator: %s (thru fallback ended)", name)
         self.gen, self.gen_name = gen, name
+        self.guard_calls.reset()
+        self._marker(f"generator {name}")
         self._call(gen.reset)
+        self._echo("generator")
 
     def _swap_ready(self, name: str, gen: Generator | None, err: str) -> None:
         if gen is None:
@@ -139,6 +181,126 @@ class Engine:
         if name is not None and name != self.gen_name:
             self.host.request(name, self._swap_ready)
 
+    # -- live controls (mapped MIDI, terminal keys) -----------------------------------------
+
+    def command(self, name: str, *args: Any) -> None:
+        """A performer's command: ``panic``, ``next``, ``mode`` [name, None: cycle],
+        ``temperature`` factor, ``set`` action value, ``rate`` +1/-1."""
+        self.stats["commands"] += 1
+        now = self._now
+        if name == "panic":
+            log.info("panic: ending every note")
+            self._end_everything(now)
+            self._reset_phrase()
+        elif name == "next":
+            self.request_swap("next")
+        elif name == "mode":
+            mode = args[0] if args and args[0] else MODES[(MODES.index(self.mode) + 1) % len(MODES)]
+            self.set_mode(mode)
+        elif name == "temperature":
+            t = (self.controls["temperature"] or 1.0) * float(args[0])
+            self._set_control("temperature", round(max(0.1, min(2.0, t)), 3))
+        elif name == "set":
+            self._set_control(args[0], args[1])
+        elif name == "rate":
+            self.rate(int(args[0]))
+        else:
+            log.warning("unknown command %r ignored", name)
+
+    def set_mode(self, mode: str) -> None:
+        if mode == self.mode:
+            return
+        if mode != "thru" and self.gen is not None and mode not in self.gen.modes:
+            log.warning("mode '%s' refused: generator '%s' supports %s (keeping '%s')", mode,
+                        self.gen_name, ", ".join(sorted(self.gen.modes)), self.mode)
+            self._echo("mode")
+            return
+        self._end_everything(self._now)
+        self._reset_phrase()
+        log.info("mode: %s -> %s", self.mode, mode)
+        self.mode = mode
+        self._marker(f"mode {mode}")
+        self._echo("mode")
+
+    def _set_control(self, action: str, value: float) -> None:
+        self.controls[action] = value
+        if action == "length":
+            n, b = self._base_length
+            self.max_notes = max(1, round(n * value))
+            self.max_beats = max(0.25, b * value)
+        self._echo(action)
+
+    def _mapped(self, b: "ctl_mod.Binding", kind: int, value: int, ch: int) -> None:
+        """A mapped knob, fader or pad moved."""
+        if b.action in ctl_mod.TRIGGERS:
+            pressed = value > 0 if kind == midi.NOTE_ON else kind == midi.CONTROL and value >= 64
+            if not pressed:
+                return
+            if b.action == "rate_good" or b.action == "rate_bad":
+                self.rate(1 if b.action == "rate_good" else -1)
+            else:
+                self.command(b.action)
+            return
+        if kind != midi.CONTROL:
+            return  # continuous actions read CCs; a note mapped to one only consumes itself
+        if b.action == "mode":
+            self.set_mode(ctl_mod.MODES[ctl_mod.pick(value, len(ctl_mod.MODES))])
+        elif b.action == "generator":
+            names = self.host.names()
+            if names:
+                self.request_swap(ctl_mod.pick(value, len(names)))
+        else:
+            self.controls[b.action] = None  # (set below; no echo back to the knob turned)
+            q = ctl_mod.scale(b.action, value)
+            echo, self.echo = self.echo, False
+            self._set_control(b.action, q)
+            self.echo = echo
+
+    def _echo(self, action: str) -> None:
+        """Show the current value of ``action`` on its mapped CC (controller LEDs)."""
+        if not self.echo:
+            return
+        b = self.cmap.binding(action)
+        if b is None or b.kind != "cc":
+            return
+        if action == "mode":
+            value = ctl_mod.choice_value(ctl_mod.MODES.index(self.mode), len(ctl_mod.MODES))
+        elif action == "generator":
+            names = self.host.names()
+            if self.gen_name not in names:
+                return
+            value = ctl_mod.choice_value(names.index(self.gen_name), len(names))
+        else:
+            q = self.controls[action]
+            value = ctl_mod.unscale(action, 1.0 if q is None else q)
+        ch = self.control_channel if b.channel is None else b.channel
+        self.sched.message(self._now, (midi.CONTROL | ch, b.number, value), CONTROL)
+        self.sched.pump(self._now)
+
+    def rate(self, rating: int) -> None:
+        """The performer marks the last answer good (+1) or bad (-1)."""
+        if self._last is None or not self._last[1]:
+            self._warn_once("rate_nothing", "rating ignored: no answer has been played yet")
+            return
+        prompt, notes = self._last
+        ctx = self._call(self.gen.rating_context) if self.gen is not None else None
+        record = {
+            "rating": rating, "generator": self.gen_name, "mode": self.mode,
+            "bpm": round(self.bpm(self._now), 3), "context": dict(ctx or {}),
+            "phrase": [[e.pitch, e.velocity, round(e.beat, 4)] for e in prompt],
+            "answer": [[n.pitch, n.velocity, round(n.start, 4),
+                        None if n.duration is None else round(n.duration, 4)] for n in notes],
+        }
+        self.stats["ratings"] += 1
+        log.info("rated the last answer %s (%d notes)", "good" if rating > 0 else "bad", len(notes))
+        self._marker("rating " + ("good" if rating > 0 else "bad"))
+        if self.on_rating is not None:
+            self.on_rating(record)
+
+    def _marker(self, text: str) -> None:
+        if self.recorder is not None:
+            self.recorder.marker(self._now, text)
+
     # -- input ----------------------------------------------------------------------------
 
     def handle(self, item: tuple, now: int) -> None:
@@ -146,6 +308,12 @@ class Engine:
         self._now = now
         if item[0] == "swap":
             self._swap_ready(item[1], item[2], item[3])
+            self._after_calls()
+            return
+        if item[0] == "cmd":
+            self.command(item[1], *item[2:])
+            self._after_calls()
+            self.sched.pump(now)
             return
         t, _src, data = item
         self.stats["events_in"] += 1
@@ -164,6 +332,8 @@ class Engine:
             self._warn_once("echo", "the bridge's own output is coming back on its input "
                                     "(feedback loop: do not route 'out' back to 'in'); echoes are ignored")
             return
+        if self.recorder is not None:
+            self.recorder.inp(t, msg)
         status = msg[0]
         if status >= 0xF0:
             self.stats["system"] += 1
@@ -171,15 +341,29 @@ class Engine:
                 self._system(t, now, msg)
             return
         ch, kind = status & 0x0F, status & 0xF0
+        if self.cmap and (kind == midi.CONTROL or kind == midi.NOTE_ON or kind == midi.NOTE_OFF):
+            b = self.cmap.match("cc" if kind == midi.CONTROL else "note", msg[1], ch)
+            if b is not None:
+                self.stats["control"] += 1
+                self._mapped(b, kind, msg[2], ch)
+                self._after_calls()
+                self.sched.pump(now)
+                return
         if ch == self.control_channel and self._control(kind, msg):
+            self.stats["control"] += 1
             return
         if self.channels is not None and ch not in self.channels:
             self.stats["filtered"] += 1
             return
         if kind == midi.NOTE_ON or kind == midi.NOTE_OFF:
             self._note(now, kind == midi.NOTE_ON, ch, msg[1], msg[2])
-        elif self.thru_on or self.mode == "thru":
-            self.sched.message(now, self._thru_remap(msg), THRU)
+            if self.latency is not None and kind == midi.NOTE_ON:
+                self.latency.add(t, (self.wall_ns() if self.wall_ns else now) - t)
+        else:
+            self.stats["other"] += 1
+            if self.thru_on or self.mode == "thru" or self._fallback_thru:
+                self.sched.message(now, self._thru_remap(msg), THRU)
+        self._after_calls()
         self.sched.pump(now)
 
     def _system(self, t: int, now: int, msg: tuple[int, ...]) -> None:
@@ -249,11 +433,11 @@ class Engine:
         return ((msg[0] & 0xF0) | self.thru_channel,) + msg[1:]
 
     def _note(self, now: int, on: bool, ch: int, pitch: int, velocity: int) -> None:
-        self.stats["notes_in"] += on
+        self.stats["notes_in" if on else "notes_off"] += 1
         self._drop_speculation()  # the generator's state is about to change
         if on and (self._answer is not None or now < self._cont_until):
             self._interrupt(now)
-        if self.thru_on or self.mode == "thru":
+        if self.thru_on or self.mode == "thru" or self._fallback_thru:
             tch = ch if self.thru_channel is None else self.thru_channel
             if on:
                 self.sched.note(now, None, tch, pitch, velocity, THRU, safety=False)
@@ -285,8 +469,15 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - not a sequence of notes
                     self._plugin_error("accompany", e)
                     notes = []
+                if notes:
+                    self._last = (tuple(self.phrase)[-8:], deque(maxlen=self.max_notes))
+                density = self.controls["density"]
                 for n in notes:
+                    if density < 1.0 and self._rng.random() >= density:
+                        self.stats["thinned"] += 1
+                        continue
                     if self._valid(n):
+                        self._last[1].append(n)
                         nspb = self.ns_per_beat(now)
                         t_on = now + round(n.start * nspb)
                         t_off = None if n.duration is None else t_on + round(n.duration * nspb)
@@ -296,7 +487,7 @@ class Engine:
 
     def _context(self, now: int) -> Context:
         return Context(self.bpm(now), self.beat_at(now), self.max_notes, self.max_beats,
-                       tuple(self.phrase))
+                       tuple(self.phrase), self.controls["temperature"], self.controls["density"])
 
     def _phrase_end_at(self, now: int) -> int | None:
         if (self.mode != "continue" or self._answer is not None or self.held or self.gen is None
@@ -313,10 +504,12 @@ class Engine:
         if it is None:
             return None
         try:
-            return Answer(iter(it))
+            answer = Answer(iter(it), self.guard_calls.next)
         except TypeError as e:
             self._plugin_error("continuation", e)
             return None
+        answer.prompt = tuple(self.phrase)
+        return answer
 
     def _speculate(self, now: int) -> None:
         """Pre-sample the answer's first note while the player is silent (between events)."""
@@ -327,7 +520,7 @@ class Engine:
                 self.speculate = False  # the generator fails here: do not retry every tick
                 return
             self.stats["speculated"] += 1
-        spec.peek(self._valid_cont, self.max_notes, self.max_beats, self._cont_error)
+        spec.peek(self._valid_cont, self.max_notes, self.max_beats)
 
     def _drop_speculation(self) -> None:
         if self._spec is not None:
@@ -345,6 +538,7 @@ class Engine:
         if answer is None:
             return
         self.stats["answers"] += 1
+        self._last = (answer.prompt, deque(maxlen=self.max_notes))
         b = b_now = self.beat_at(now)
         if self._clocked(now) and self.start_on != "now":
             unit = 1.0 if self.start_on == "beat" else float(self.beats_per_bar)
@@ -372,25 +566,28 @@ class Engine:
         """Schedule the answer's notes that start within the lookahead, pulling lazily."""
         answer = self._answer
         while answer is not None:
-            n = answer.peek(self._valid_cont, self.max_notes, self.max_beats, self._cont_error)
+            n = answer.peek(self._valid_cont, self.max_notes, self.max_beats)
             if n is None:
                 self._end_answer()
                 return
             t_on = self._note_time(answer, n, now)
             if t_on > now + self.lookahead_ns:
                 return
+            answer.take()
+            density = self.controls["density"]
+            if density < 1.0 and self._rng.random() >= density:
+                self.stats["thinned"] += 1
+                continue
             beats = min(n.duration, self.max_note_beats, self.max_beats - n.start)
             t_off = t_on + max(1, round(beats * self.ns_per_beat(now)))
             self.sched.note(t_on, t_off, self._channel(n), n.pitch, n.velocity, CONT)
             self._cont_until = max(self._cont_until, t_off)
-            answer.take()
+            if self._last is not None:
+                self._last[1].append(n)
             self.sched.pump(now)  # a due note leaves before the generator samples the next
 
     def _valid_cont(self, n: Note) -> bool:
         return self._valid(n, need_duration=True)
-
-    def _cont_error(self, e: BaseException) -> None:
-        self._plugin_error("continuation", e)
 
     def _end_answer(self) -> None:
         if self._answer is not None:
@@ -414,6 +611,10 @@ class Engine:
     def tick(self, now: int) -> None:
         """Do what is due at ``now``: phrase end, pulling the answer, sending, speculating."""
         self._now = now
+        self._tick(now)
+        self._after_calls()
+
+    def _tick(self, now: int) -> None:
         if self._synced and not self._clocked(now):
             self._synced = False
             log.info("clock: MIDI clock lost; internal clock at %.1f bpm", self.tempo.bpm)
@@ -449,6 +650,16 @@ class Engine:
         self.guard.sent(msg, self._now)
         self._send(msg)
 
+    def _sent(self, msg: tuple[int, ...], tag: Any) -> None:
+        """Scheduler observer (set when recording): who played each message sent."""
+        source = "thru" if tag == THRU else CONTROL if tag is None or tag == CONTROL else (self.gen_name or "?")
+        self.recorder.out(self._now, msg, source)
+
+    def attach_recorder(self, recorder: Any) -> None:
+        self.recorder = recorder
+        self.sched.observer = self._sent
+        recorder.tempo(self._now, self.bpm(self._now))
+
     def _channel(self, n: Note) -> int:
         return self.out_channel if n.channel is None else n.channel
 
@@ -466,11 +677,8 @@ class Engine:
         return ok
 
     def _call(self, fn: Callable, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except Exception as e:  # noqa: BLE001 - a plugin bug must not stop the bridge
-            self._plugin_error(getattr(fn, "__name__", "call"), e)
-            return None
+        """A generator call under its time budget; None if it raised or overran."""
+        return self.guard_calls.call(fn, *args)
 
     def _plugin_error(self, where: str, e: BaseException) -> None:
         self.stats["plugin_errors"] += 1
@@ -479,6 +687,39 @@ class Engine:
             log.error("generator '%s' raised in %s: %s: %s (the bridge keeps running; "
                       "further errors are counted)", self.gen_name, where, type(e).__name__, e,
                       exc_info=e)
+        self.guard_calls.failed = True
+
+    def _after_calls(self) -> None:
+        """Between events: replace a generator that raised or kept overrunning its budget."""
+        g = self.guard_calls
+        self.stats["overruns"] = g.overruns
+        if g.failed or g.exhausted:
+            why = "raised" if g.failed else f"overran its {g.budget_ms:g} ms budget {g.max_overruns} times in a row"
+            self._replace_failed(why)
+
+    def _replace_failed(self, why: str) -> None:
+        name = self.gen_name
+        self.stats["replaced"] += 1
+        self._end_everything(self._now)
+        self.guard_calls.reset()
+        prev = self.prev_name
+        self._marker(f"generator {name} failed")
+        if prev is not None and prev != name:
+            try:
+                gen = self.host.get(prev)
+                self.prev_name = None
+                self.gen = None  # no second panic, no swap count
+                self.set_generator(prev, gen)
+                log.error("generator '%s' %s: replaced by the previous generator '%s' "
+                          "(select it again to retry)", name, why, prev)
+                return
+            except PluginError as e:
+                log.error("previous generator '%s' is not usable either: %s", prev, e)
+        self.gen = self.gen_name = None
+        self._fallback_thru = True
+        self._reset_phrase()
+        log.error("generator '%s' %s: playing thru (what you play passes to the output) until "
+                  "another generator is selected", name, why)
 
     def _warn_once(self, key: str, text: str) -> None:
         if key not in self._warned:

@@ -53,6 +53,8 @@ class Scheduler:
         self._last_refill: int | None = None
         self.max_note_ns = max_note_ns
         self.sent = 0
+        #: Optional ``observer(msg, tag)`` told of every message sent (recording).
+        self.observer: Callable[[tuple[int, ...], Tag], None] | None = None
         self.late_ns_max = 0
 
     # -- scheduling -------------------------------------------------------------------
@@ -90,14 +92,27 @@ class Scheduler:
             self._push(t, midi.note_off(*key), None, -2)
 
     def panic(self, t: int) -> None:
-        """Drop everything pending; note-offs for all that sounds, CC64=0, CC123 per channel."""
+        """Drop everything pending; note-offs for all that sounds, CC64=0, CC123 per channel.
+
+        Endings already decided but still waiting for pacing tokens (the note-offs of
+        :meth:`end_tag`, an earlier panic's note-offs and CCs) are not dropped: their notes
+        are no longer in the book, so this panic takes them over instead."""
+        keys_set = set(self._sounding)
+        pending_channels: set[int] = set()
+        for entry in self._heap:
+            if entry[5] == -2:  # a forced ending not sent yet
+                msg = entry[2]
+                if msg[0] & 0xF0 == midi.NOTE_OFF:
+                    keys_set.add((msg[0] & 0x0F, msg[1]))
+                else:
+                    pending_channels.add(msg[0] & 0x0F)
         self._heap.clear()
         for tag in list(self._epochs):
             self._epochs[tag] += 1
-        keys = sorted(self._sounding)
+        keys = sorted(keys_set)
         self._sounding.clear()
         self._by_tag.clear()
-        channels = sorted(self.channels_used | {ch for ch, _ in keys})
+        channels = sorted(self.channels_used | pending_channels | {ch for ch, _ in keys})
         self.channels_used = set()
         for key in keys:
             self._push(t, midi.note_off(*key), None, -2)
@@ -139,7 +154,7 @@ class Scheduler:
                 key = (msg[0] & 0x0F, msg[1])
                 if key in self._sounding:  # retrigger: end the old note first
                     self._unmark(key)
-                    self._emit(midi.note_off(*key), now, t)
+                    self._emit(midi.note_off(*key), now, t, True, tag)
                     if self._tokens < 1.0:  # the note-on waits for its own token
                         heapq.heappush(heap, [t, seq, msg, tag, epoch, serial, safety_ns])
                         continue
@@ -157,7 +172,7 @@ class Scheduler:
                         serial == -1 and tag is not None and cur[1] != tag):
                     continue  # that note already ended (or was retriggered)
                 self._unmark(key)
-            self._emit(msg, now, t, mark=serial != -2)
+            self._emit(msg, now, t, serial != -2, tag)
 
     def _unmark(self, key: Key) -> None:
         serial, tag = self._sounding.pop(key)
@@ -167,7 +182,7 @@ class Scheduler:
             if not keys:
                 del self._by_tag[tag]
 
-    def _emit(self, msg: tuple[int, ...], now: int, due: int, mark: bool = True) -> None:
+    def _emit(self, msg: tuple[int, ...], now: int, due: int, mark: bool = True, tag: Tag = None) -> None:
         self._tokens -= 1.0
         if mark and msg[0] < 0xF0:
             self.channels_used.add(msg[0] & 0x0F)
@@ -176,6 +191,8 @@ class Scheduler:
             self.late_ns_max = late
         self.sent += 1
         self._send(msg)
+        if self.observer is not None:
+            self.observer(msg, tag)
 
     def flush(self, now_fn: Callable[[], int], sleep: Callable[[float], None]) -> None:
         """Send everything pending now (used at shutdown), honouring the pacing."""

@@ -208,8 +208,9 @@ class RNNGenerator(Generator):
         t = base if self.last_onset is None else self.last_onset
         shift = None
         last_start = 0.0
+        temperature = float(cfg["temperature"] if context.temperature is None else context.temperature)
         while True:
-            ev = st.sample(float(cfg["temperature"]), float(cfg["top_p"]), self.masks)
+            ev = st.sample(temperature, float(cfg["top_p"]), self.masks)
             st.feed(ev)
             t += ev[0]
             self.last_onset = t

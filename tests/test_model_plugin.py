@@ -144,3 +144,34 @@ def test_a_held_chord_sounds_again_under_a_passing_note(ckpts):
     held = sorted(n.pitch for n in g.accompany(passing, Context(120.0, 0.1)))
     assert held == [48, 55]  # 60 does not fit under 59: an octave lower, 48, already sounds
     assert all(n.duration is None for n in g.accompany(passing, Context(120.0, 0.1)))
+
+
+def test_nan_weights_never_reach_the_output(tmp_path):
+    import numpy as np
+
+    from bridge.model.sampling import NonFiniteLogits, sample_index
+
+    rng = np.random.default_rng(0)
+    p = np.array([np.nan, 0.2, np.inf, 0.8])
+    assert {sample_index(p, rng) for _ in range(50)} <= {1, 3}
+    with pytest.raises(NonFiniteLogits, match="NaN or inf"):
+        sample_index(np.array([np.nan, np.inf]), rng)
+    torch.manual_seed(0)
+    model = EventRNN(NOTE_SPEC, 2, ModelConfig(hidden=16, layers=1, emb=8, head=16))
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.fill_(float("nan"))
+    checkpoint.save(tmp_path / "nan.pt", model, {"styles": ["folk", "chorale"], "mono": True})
+    with pytest.raises(NonFiniteLogits):  # found at load (the warm-up samples), before any port opens
+        RNNGenerator({"checkpoint": str(tmp_path / "nan.pt"), "harmonizer": None, "seed": 1, "device": "cpu"})
+
+
+def test_live_temperature_reaches_the_sampler(ckpts, monkeypatch):
+    gen = make(ckpts)
+    seen = []
+    real = gen.st.sample
+    monkeypatch.setattr(gen.st, "sample", lambda t, *a, **k: seen.append(t) or real(t, *a, **k))
+    gen.observe(ev(True, 60, 0.0))
+    next(iter(gen.continuation(Context(120.0, 1.0, 8, 8.0, temperature=0.3))))
+    next(iter(gen.continuation(Context(120.0, 1.0, 8, 8.0))))
+    assert seen[0] == 0.3 and seen[-1] == gen.config["temperature"]

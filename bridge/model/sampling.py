@@ -9,11 +9,22 @@ MAJOR = (0, 2, 4, 5, 7, 9, 11)
 MINOR = (0, 2, 3, 5, 7, 8, 10)
 
 
+class NonFiniteLogits(ValueError):
+    """Every probability of a field was NaN or inf."""
+
+
 def sample_index(p: np.ndarray, rng: np.random.Generator, top_p: float = 1.0, mask=None) -> int:
     """Draw an index from probabilities ``p``.  Masked-out values get probability 0 (if the
     mask leaves nothing, it is ignored); then the smallest set of most likely values whose
     mass reaches ``top_p`` is kept."""
     p = np.asarray(p, dtype=np.float64)
+    bad = ~np.isfinite(p) | (p < 0)
+    if bad.any():  # NaN/inf from the network never become a note
+        p = np.where(bad, 0.0, p)
+        if not p.sum() > 0:
+            raise NonFiniteLogits("the model produced no finite probabilities (NaN or inf logits); "
+                                  "the checkpoint is damaged or was trained unstably: retrain or "
+                                  "pick another checkpoint")
     if mask is not None:
         q = np.where(mask, p, 0.0)
         if q.sum() > 0:

@@ -51,7 +51,12 @@ def parse(data: list[int] | tuple[int, ...]) -> tuple[int, ...]:
             raise MalformedMidi(f"undefined status byte 0x{status:02X}")
         expected = _SYSTEM_LEN[status]
         if expected is None:  # SysEx: F0 ... F7
-            if data[-1] != 0xF7 or any(not 0 <= b < 0x80 for b in data[1:-1]):
+            last = data[-1]
+            try:  # bytes() checks every byte is an int 0-255 at C speed (SysEx can be 64 KiB)
+                ok = type(last) is int and last == 0xF7 and bytes(data[1:-1]).isascii()
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
                 raise MalformedMidi("SysEx not terminated by F7 or with a byte over 0x7F")
             return tuple(data)
     if len(data) != expected + 1:

@@ -37,6 +37,9 @@ Key = tuple[int, int]  # (channel, pitch)
 #   safety_ns for a note-on: schedule a safety note-off this long after it (0: none)
 
 
+#: A message sent this long after its deadline counts as late (status screen).
+LATE_NS = 2_000_000
+
 class Scheduler:
     def __init__(self, send: Callable[[tuple[int, ...]], None], *, burst: int = 64,
                  rate_per_ms: float = 8.0, max_note_ns: int = 4_000_000_000) -> None:
@@ -45,6 +48,10 @@ class Scheduler:
         self._seq = 0
         self._epochs: dict[Tag, int] = {}
         self._sounding: dict[Key, tuple[int, Tag]] = {}  # key -> (serial, tag)
+        #: Keys whose note was ended (end_tag, panic) but whose note-off still waits in the
+        #: heap (pacing): key -> seq of that note-off.  Until it leaves, the note sounds.
+        self._ending: dict[Key, int] = {}
+        self._compact_at = 1024  # heap size that triggers dropping dead entries
         self._by_tag: dict[Tag, set[Key]] = {}
         self.channels_used: set[int] = set()
         self._burst = float(burst)
@@ -53,6 +60,8 @@ class Scheduler:
         self._last_refill: int | None = None
         self.max_note_ns = max_note_ns
         self.sent = 0
+        self.late = 0        # messages sent more than LATE_NS after they were due
+        self.notes_out = 0   # note-ons sent
         #: Optional ``observer(msg, tag)`` told of every message sent (recording).
         self.observer: Callable[[tuple[int, ...], Tag], None] | None = None
         self.late_ns_max = 0
@@ -64,7 +73,28 @@ class Scheduler:
         self._seq += 1
         heapq.heappush(self._heap, [t, self._seq, msg, tag, self._epochs.get(tag, 0),
                                     serial, safety_ns])
+        if len(self._heap) > self._compact_at:
+            self._compact()
         return self._seq
+
+    def _compact(self) -> None:
+        """Drop the entries :meth:`pump` would skip anyway: those of an ended owner, and
+        note-offs of notes that neither sound nor wait to start.  Without this, a note
+        ended early (released, retriggered, cut by its safety) leaves its far-away
+        note-off in the heap until its time, and a generator asking for very long or very
+        late notes grows the heap with the session.  Amortised O(1) per push: the heap
+        is rebuilt only when it has doubled since the last time."""
+        epochs, heap = self._epochs, self._heap
+
+        def stale(e: list) -> bool:
+            return e[3] is not None and e[4] != epochs.get(e[3], 0)
+
+        live = {serial for serial, _ in self._sounding.values()}
+        live.update(e[1] for e in heap if e[2][0] & 0xF0 == midi.NOTE_ON and not stale(e))
+        heap[:] = [e for e in heap if not stale(e) and not (
+            e[2][0] & 0xF0 == midi.NOTE_OFF and e[5] >= 0 and e[5] not in live)]
+        heapq.heapify(heap)  # (in place: pump holds a reference to this list)
+        self._compact_at = max(1024, 2 * len(heap))
 
     def note(self, t_on: int, t_off: int | None, channel: int, pitch: int, velocity: int,
              tag: Tag, safety: bool = True) -> None:
@@ -89,7 +119,10 @@ class Scheduler:
         self._epochs[tag] = self._epochs.get(tag, 0) + 1
         for key in self._by_tag.pop(tag, ()):
             self._sounding.pop(key, None)
-            self._push(t, midi.note_off(*key), None, -2)
+            self._force_off(t, key)
+
+    def _force_off(self, t: int, key: Key) -> None:
+        self._ending[key] = self._push(t, midi.note_off(*key), None, -2)
 
     def panic(self, t: int) -> None:
         """Drop everything pending; note-offs for all that sounds, CC64=0, CC123 per channel.
@@ -97,16 +130,13 @@ class Scheduler:
         Endings already decided but still waiting for pacing tokens (the note-offs of
         :meth:`end_tag`, an earlier panic's note-offs and CCs) are not dropped: their notes
         are no longer in the book, so this panic takes them over instead."""
-        keys_set = set(self._sounding)
+        keys_set = set(self._sounding) | set(self._ending)
         pending_channels: set[int] = set()
         for entry in self._heap:
-            if entry[5] == -2:  # a forced ending not sent yet
-                msg = entry[2]
-                if msg[0] & 0xF0 == midi.NOTE_OFF:
-                    keys_set.add((msg[0] & 0x0F, msg[1]))
-                else:
-                    pending_channels.add(msg[0] & 0x0F)
+            if entry[5] == -2 and entry[2][0] & 0xF0 == midi.CONTROL:  # an earlier panic's CCs
+                pending_channels.add(entry[2][0] & 0x0F)
         self._heap.clear()
+        self._ending = {}
         for tag in list(self._epochs):
             self._epochs[tag] += 1
         keys = sorted(keys_set)
@@ -115,7 +145,7 @@ class Scheduler:
         channels = sorted(self.channels_used | pending_channels | {ch for ch, _ in keys})
         self.channels_used = set()
         for key in keys:
-            self._push(t, midi.note_off(*key), None, -2)
+            self._force_off(t, key)
         for ch in channels:
             self._push(t, midi.control(ch, midi.CC_SUSTAIN, 0), None, -2)
         for ch in channels:
@@ -152,8 +182,13 @@ class Scheduler:
             kind = msg[0] & 0xF0
             if kind == midi.NOTE_ON:
                 key = (msg[0] & 0x0F, msg[1])
-                if key in self._sounding:  # retrigger: end the old note first
-                    self._unmark(key)
+                if key in self._sounding or key in self._ending:
+                    # Retrigger: end the old note first.  An old note whose (forced) end
+                    # still waits for pacing ends here instead; its waiting note-off is
+                    # void (it would cut this new note short).
+                    if key in self._sounding:
+                        self._unmark(key)
+                    self._ending.pop(key, None)
                     self._emit(midi.note_off(*key), now, t, True, tag)
                     if self._tokens < 1.0:  # the note-on waits for its own token
                         heapq.heappush(heap, [t, seq, msg, tag, epoch, serial, safety_ns])
@@ -165,7 +200,12 @@ class Scheduler:
                 keys.add(key)
                 if safety_ns:
                     self._push(t + safety_ns, midi.note_off(*key), None, seq)
-            elif kind == midi.NOTE_OFF and serial != -2:
+            elif kind == midi.NOTE_OFF and serial == -2:
+                key = (msg[0] & 0x0F, msg[1])
+                if self._ending.get(key) != seq:
+                    continue  # that note was already ended by a retrigger
+                del self._ending[key]
+            elif kind == midi.NOTE_OFF:
                 key = (msg[0] & 0x0F, msg[1])
                 cur = self._sounding.get(key)
                 if cur is None or (serial >= 0 and cur[0] != serial) or (
@@ -189,6 +229,10 @@ class Scheduler:
         late = now - due
         if late > self.late_ns_max:
             self.late_ns_max = late
+        if late > LATE_NS:
+            self.late += 1
+        if msg[0] & 0xF0 == midi.NOTE_ON:
+            self.notes_out += 1
         self.sent += 1
         self._send(msg)
         if self.observer is not None:

@@ -193,16 +193,66 @@ def settings(name: str, timeout: float = 5.0) -> tuple[int | None, int | None]:
         m = re.search(pattern, done.stdout)
         return int(m.group(1)) if done.returncode == 0 and m else None
 
-    return ask("jack_bufsize", r"(\d+)"), ask("jack_samplerate", r"(\d+)")
+    period, rate = ask("jack_bufsize", r"(\d+)"), ask("jack_samplerate", r"(\d+)")
+    if period is None or rate is None:
+        period, rate = _settings_libjack(name)
+    return period, rate
+
+
+def _settings_libjack(name: str) -> tuple[int | None, int | None]:
+    """The same through libjack (ctypes), for systems without the example clients."""
+    import ctypes
+    import ctypes.util
+    lib_name = ctypes.util.find_library("jack")
+    if lib_name is None:
+        return None, None
+    try:
+        lib = ctypes.CDLL(lib_name)
+        lib.jack_client_open.restype = ctypes.c_void_p
+        lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int),
+                                         ctypes.c_char_p]
+        for f in ("jack_get_buffer_size", "jack_get_sample_rate", "jack_client_close"):
+            getattr(lib, f).argtypes = [ctypes.c_void_p]
+        status = ctypes.c_int(0)
+        # JackNoStartServer (1) | JackServerName (4): never start one, ask this one
+        client = lib.jack_client_open(b"mb-probe", 1 | 4, ctypes.byref(status), name.encode())
+        if not client:
+            return None, None
+        try:
+            return int(lib.jack_get_buffer_size(client)), int(lib.jack_get_sample_rate(client))
+        finally:
+            lib.jack_client_close(client)
+    except (OSError, AttributeError):
+        return None, None
+
+
+def period_ms(name: str | None = None) -> float | None:
+    """The JACK period of server ``name`` (default: the one clients use) in ms, or None."""
+    name = name or os.environ.get("JACK_DEFAULT_SERVER") or "default"
+    period, rate = settings(name)
+    return None if not period or not rate else 1000.0 * period / rate
 
 
 # -- the server -----------------------------------------------------------------------------
+
+#: Server-name lengths that libjack (jackd2 1.9.21) cannot connect to: every client of a
+#: server whose name is exactly 24 characters long aborts in malloc (found with
+#: ``jack_lsp -s NAME`` over lengths 20-32; only 24 fails).
+BAD_NAME_LENGTHS = frozenset({24})
+
+
+def check_name(name: str) -> None:
+    if len(name) in BAD_NAME_LENGTHS:
+        raise JackError(f"JACK server name {name!r} is {len(name)} characters long: libjack 1.9.21 "
+                        "crashes every client of such a server; pick a name of another length")
+
 
 class JackServer:
     """A jackd with the dummy driver.  ``owned`` is False when a live one was reused."""
 
     def __init__(self, name: str, log_path: str | os.PathLike | None = None,
                  rate: int = 48000, period: int = 256) -> None:
+        check_name(name)
         self.name = name
         self.rate, self.period = rate, period  # requested; a reused server has its own
         self.log_path = Path(log_path or Path("/tmp") / f"{name}-jackd.log")

@@ -11,7 +11,7 @@ import pytest
 
 import conftest
 import jackserver
-from jackserver import SERVER_NAME, JackServer, registered_pid, responds
+from jackserver import SERVER_NAME, JackError, JackServer, registered_pid, responds
 
 def _need_owned_registry(server: JackServer) -> None:
     if not server.owned:
@@ -168,3 +168,9 @@ def test_midiclient_round_trip_through_a_fake_bridge(jack_server):
         fake_in.cancel_callback()
         fake_in.delete()
         fake_out.delete()
+
+
+def test_a_server_name_libjack_cannot_serve_is_refused_with_the_reason():
+    with pytest.raises(JackError, match="24 characters long: libjack"):
+        JackServer("x" * 24)
+    JackServer("x" * 25)  # (nothing started)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -26,6 +27,8 @@ OVERRIDES = {
     "mode": "engine.mode",
     "quantize": "output.quantize",
     "bpm": "engine.bpm",
+    "record": "record.dir",
+    "tui": "status.tui",
 }
 
 
@@ -39,8 +42,10 @@ def _setup_logging(args: argparse.Namespace, cfg: dict[str, Any] | None = None) 
                         stream=sys.stderr, force=True)
 
 
-def _load_config(args: argparse.Namespace) -> dict[str, Any]:
+def _load_config(args: argparse.Namespace, missing_ok: bool = False) -> dict[str, Any]:
     path = args.config if args.config else config_mod.find_default_file()
+    if missing_ok and path is not None and not os.path.exists(path):
+        path = None  # (learn creates the file)
     cfg = config_mod.load(path)
     for flag, dotted in OVERRIDES.items():
         value = getattr(args, flag, None)
@@ -69,12 +74,21 @@ def cmd_render(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     _setup_logging(args, cfg)
     from .render import render
+    soundfont = None
+    if args.audio:  # missing fluidsynth or soundfont: say so before doing any work
+        from .audio import check
+        _, soundfont = check(args.soundfont)
     summary = render(args.input, args.output, cfg)
+    if args.audio:
+        from .audio import render_audio
+        summary["audio"] = str(render_audio(args.output, args.audio, soundfont))
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"wrote {args.output}: {summary['output_events']} events from the bridge "
               f"({summary['generator'] or 'thru'}, {summary['mode']}) for {summary['input_events']} in")
+        if args.audio:
+            print(f"wrote {args.audio} (FluidSynth, {soundfont})")
     return 0
 
 
@@ -125,6 +139,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    from .control import ACTIONS
+    from .learn import LearnError, cmd_learn as learn
+    for action in args.actions:
+        if action not in ACTIONS:
+            raise LearnError(f"unknown action {action!r} (actions: {', '.join(ACTIONS)})")
+    cfg = _load_config(args, missing_ok=True)
+    _setup_logging(args, cfg)
+    return learn(args, cfg)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     _setup_logging(args)
     from .doctor import report
@@ -144,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-port", help="name of the virtual output port")
     p.add_argument("--quantize", metavar="GRID", help="answer grid: off, 1/4, 1/8, 1/16, 1/8t, ...")
     p.add_argument("--bpm", type=float, metavar="N", help="tempo of the internal clock")
+    p.add_argument("--record", metavar="DIR",
+                   help="record the session (input, output per generator) into DIR as .mid, every second")
+    tui = p.add_mutually_exclusive_group()
+    tui.add_argument("--tui", dest="tui", action="store_const", const="on",
+                     help="live status screen with key controls (default: when in a terminal)")
+    tui.add_argument("--no-tui", dest="tui", action="store_const", const="off",
+                     help="plain logs, no status screen")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("render", help="run the engine over a MIDI file in simulated time")
@@ -153,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("--quantize", metavar="GRID", help="answer grid: off, 1/4, 1/8, 1/16, 1/8t, ...")
     p.add_argument("--bpm", type=float, metavar="N", help="tempo when the file has none")
+    p.add_argument("--audio", metavar="OUT.wav", help="also render OUT.mid to audio with FluidSynth")
+    p.add_argument("--soundfont", metavar="FILE",
+                   help="General MIDI .sf2 for --audio (default: $MIDI_BRIDGE_SOUNDFONT, then common paths)")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("ports", help="list MIDI ports per backend")
@@ -166,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=cmd_plugins)
 
+    from .control import ACTIONS
+    p = sub.add_parser("learn", help="MIDI learn: move a control, it is written into control.map of the config")
+    _add_common(p, overrides=False)
+    p.add_argument("actions", nargs="+", metavar="ACTION", help="what to bind: " + ", ".join(ACTIONS))
+    p.add_argument("--backend", choices=config_mod.BACKENDS, help="MIDI backend")
+    p.add_argument("--client-name", help="MIDI client name")
+    p.add_argument("--in-port", help="name of the virtual input port")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="wait this long for each control")
+    p.add_argument("--any-channel", action="store_true", help="bind on every channel, not just the one it came on")
+    p.set_defaults(func=cmd_learn)
+
     p = sub.add_parser("doctor", help="check what works on this machine and what to fix")
     p.add_argument("--json", action="store_true")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -177,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         register = None
     if register is not None:
         register(sub)
+        from .model.gan_cli import register as register_gan; register_gan(sub)
+        from .model.tune_cli import register as register_tune; register_tune(sub)
     return parser
 
 
@@ -184,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     from .plugin import PluginError
     from .ports import BackendError
     from .render import RenderError
+    from .learn import LearnError
+    from .audio import AudioError
+    from .record import RecordError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -192,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (config_mod.ConfigError, BackendError, PluginError, RenderError) as e:
+    except (config_mod.ConfigError, BackendError, PluginError, RenderError, AudioError, RecordError,
+            LearnError) as e:
         print(f"midi-bridge: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

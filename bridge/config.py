@@ -58,14 +58,16 @@ def _num(lo: float, hi: float, integer: bool = False) -> Callable[[Any], Any]:
     return check
 
 
-def _opt(check: Callable[[Any], Any], what: str) -> Callable[[Any], Any]:
+def _opt(check: Callable[[Any], Any], what: str, special: Any = None,
+         written: str = "null") -> Callable[[Any], Any]:
+    """``check``, or the ``special`` value (null, or e.g. "auto") meaning ``what``."""
     def wrapped(v: Any) -> Any:
-        if v is None:
-            return None
+        if v == special if special is not None else v is None:
+            return v
         try:
             return check(v)
         except ValueError as e:
-            raise ValueError(f"null ({what}) or {e}") from None
+            raise ValueError(f"{written} ({what}) or {e}") from None
     return wrapped
 
 
@@ -195,7 +197,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "quantize": Key("off", _grid),
         "swing": Key(0, _num(0, 0.75)),
         "humanize_ms": Key(0, _num(0, 100)),
-        "offset_ms": Key(0, _num(-100, 100)),
+        "offset_ms": Key("auto", _opt(_num(-100, 100), "one JACK period early on JACK", "auto", "'auto'")),
     },
     "control": {
         "channel": Key(16, _channel),

@@ -22,14 +22,20 @@ after a change, so a controller's LED rings and motor faders follow.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from . import midi
+
+log = logging.getLogger("bridge.engine")
 
 CONTINUOUS = ("temperature", "length", "density", "mode", "generator")
 TRIGGERS = ("next", "panic", "rate_good", "rate_bad")
 ACTIONS = CONTINUOUS + TRIGGERS
 MODES = ("continue", "accompany", "thru")
+CONTROL = "control"  # scheduler tag of the messages the bridge sends to controllers
 
 _SPEC = re.compile(r"^\s*(cc|note)\s*(\d{1,3})(?:\s+ch\s*(\d{1,2}))?\s*$", re.IGNORECASE)
 
@@ -116,3 +122,127 @@ class ControlMap:
             if b.action == action:
                 return b
         return None
+
+
+class LiveControls:
+    """The engine's side of live controls (mixed into :class:`bridge.engine.Engine`, whose
+    state it changes; it runs on the engine thread like everything else there)."""
+
+    def command(self, name: str, *args: Any) -> None:
+        """A performer's command: ``panic``, ``next``, ``mode`` [name, None: cycle],
+        ``temperature`` factor, ``set`` action value, ``rate`` +1/-1."""
+        self.stats["commands"] += 1
+        now = self._now
+        if name == "panic":
+            log.info("panic: ending every note")
+            self._end_everything(now)
+            self._reset_phrase()
+            self.held.clear()  # a note-off lost on the way must not keep the phrase open
+        elif name == "next":
+            self.request_swap("next")
+        elif name == "mode":
+            mode = args[0] if args and args[0] else MODES[(MODES.index(self.mode) + 1) % len(MODES)]
+            self.set_mode(mode)
+        elif name == "temperature":
+            t = (self.controls["temperature"] or 1.0) * float(args[0])
+            self._set_control("temperature", round(max(0.1, min(2.0, t)), 3))
+        elif name == "set":
+            self._set_control(args[0], args[1])
+        elif name == "rate":
+            self.rate(int(args[0]))
+        else:
+            log.warning("unknown command %r ignored", name)
+
+    def set_mode(self, mode: str) -> None:
+        if mode == self.mode:
+            return
+        if mode != "thru" and self.gen is not None and mode not in self.gen.modes:
+            log.warning("mode '%s' refused: generator '%s' supports %s (keeping '%s')", mode,
+                        self.gen_name, ", ".join(sorted(self.gen.modes)), self.mode)
+            self._echo("mode")
+            return
+        self._end_everything(self._now)
+        self._reset_phrase()
+        log.info("mode: %s -> %s", self.mode, mode)
+        self.mode = mode
+        self._marker(f"mode {mode}")
+        self._echo("mode")
+
+    def _set_control(self, action: str, value: float) -> None:
+        self.controls[action] = value
+        if action == "length":
+            n, b = self._base_length
+            self.max_notes = max(1, round(n * value))
+            self.max_beats = max(0.25, b * value)
+        self._echo(action)
+
+    def _mapped(self, b: "Binding", kind: int, value: int, ch: int) -> None:
+        """A mapped knob, fader or pad moved."""
+        if b.action in TRIGGERS:
+            pressed = value > 0 if kind == midi.NOTE_ON else kind == midi.CONTROL and value >= 64
+            if not pressed:
+                return
+            if b.action == "rate_good" or b.action == "rate_bad":
+                self.rate(1 if b.action == "rate_good" else -1)
+            else:
+                self.command(b.action)
+            return
+        if kind != midi.CONTROL:
+            return  # continuous actions read CCs; a note mapped to one only consumes itself
+        if b.action == "mode":
+            self.set_mode(MODES[pick(value, len(MODES))])
+        elif b.action == "generator":
+            names = self.host.names()
+            if names:
+                self.request_swap(pick(value, len(names)))
+        else:
+            self.controls[b.action] = None  # (set below; no echo back to the knob turned)
+            q = scale(b.action, value)
+            echo, self.echo = self.echo, False
+            self._set_control(b.action, q)
+            self.echo = echo
+
+    def _echo(self, action: str) -> None:
+        """Show the current value of ``action`` on its mapped CC (controller LEDs)."""
+        if not self.echo:
+            return
+        b = self.cmap.binding(action)
+        if b is None or b.kind != "cc":
+            return
+        if action == "mode":
+            value = choice_value(MODES.index(self.mode), len(MODES))
+        elif action == "generator":
+            names = self.host.names()
+            if self.gen_name not in names:
+                return
+            value = choice_value(names.index(self.gen_name), len(names))
+        else:
+            q = self.controls[action]
+            value = unscale(action, 1.0 if q is None else q)
+        ch = self.control_channel if b.channel is None else b.channel
+        self.sched.message(self._now, (midi.CONTROL | ch, b.number, value), CONTROL)
+        self.sched.pump(self._now)
+
+    def rate(self, rating: int) -> None:
+        """The performer marks the last answer good (+1) or bad (-1)."""
+        if self._last is None or not self._last[1]:
+            self._warn_once("rate_nothing", "rating ignored: no answer has been played yet")
+            return
+        prompt, notes = self._last
+        ctx = self._call(self.gen.rating_context) if self.gen is not None else None
+        record = {
+            "rating": rating, "generator": self.gen_name, "mode": self.mode,
+            "bpm": round(self.bpm(self._now), 3), "context": dict(ctx or {}),
+            "phrase": [[e.pitch, e.velocity, round(e.beat, 4)] for e in prompt],
+            "answer": [[n.pitch, n.velocity, round(n.start, 4),
+                        None if n.duration is None else round(n.duration, 4)] for n in notes],
+        }
+        self.stats["ratings"] += 1
+        log.info("rated the last answer %s (%d notes)", "good" if rating > 0 else "bad", len(notes))
+        self._marker("rating " + ("good" if rating > 0 else "bad"))
+        if self.on_rating is not None:
+            self.on_rating(record)
+
+    def _marker(self, text: str) -> None:
+        if self.recorder is not None:
+            self.recorder.marker(self._now, text)

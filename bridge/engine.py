@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import random
 
@@ -56,15 +56,15 @@ log = logging.getLogger(__name__)
 
 CONT = "cont"
 THRU = "thru"
-CONTROL = "control"
-MODES = ("continue", "accompany", "thru")
+CONTROL = ctl_mod.CONTROL
+MODES = ctl_mod.MODES
 
 #: Every input event is counted in exactly one of these ``stats`` keys:
 #: ``stats["events_in"] == sum(stats[k] for k in ACCOUNTED)``.
 ACCOUNTED = ("malformed", "echoes", "system", "control", "filtered", "notes_in", "notes_off", "other")
 
 
-class Engine:
+class Engine(ctl_mod.LiveControls):
     def __init__(self, config: dict[str, Any], send: Callable[[tuple[int, ...]], None],
                  host: GeneratorHost, now_ns: int = 0) -> None:
         self.cfg = config
@@ -104,7 +104,7 @@ class Engine:
         self.grid: float | None = out["quantize"]
         self.swing: float = out["swing"]
         self.humanize_ns = out["humanize_ms"] * 1e6
-        self.offset_ns = round(out["offset_ms"] * 1e6)
+        self.offset_ns = 0 if out["offset_ms"] == "auto" else round(out["offset_ms"] * 1e6)  # (live resolves auto)
         self._rng = random.Random()
         clk = config["clock"]
         self.follow_clock: bool = clk["follow"]
@@ -181,126 +181,6 @@ class Engine:
         if name is not None and name != self.gen_name:
             self.host.request(name, self._swap_ready)
 
-    # -- live controls (mapped MIDI, terminal keys) -----------------------------------------
-
-    def command(self, name: str, *args: Any) -> None:
-        """A performer's command: ``panic``, ``next``, ``mode`` [name, None: cycle],
-        ``temperature`` factor, ``set`` action value, ``rate`` +1/-1."""
-        self.stats["commands"] += 1
-        now = self._now
-        if name == "panic":
-            log.info("panic: ending every note")
-            self._end_everything(now)
-            self._reset_phrase()
-        elif name == "next":
-            self.request_swap("next")
-        elif name == "mode":
-            mode = args[0] if args and args[0] else MODES[(MODES.index(self.mode) + 1) % len(MODES)]
-            self.set_mode(mode)
-        elif name == "temperature":
-            t = (self.controls["temperature"] or 1.0) * float(args[0])
-            self._set_control("temperature", round(max(0.1, min(2.0, t)), 3))
-        elif name == "set":
-            self._set_control(args[0], args[1])
-        elif name == "rate":
-            self.rate(int(args[0]))
-        else:
-            log.warning("unknown command %r ignored", name)
-
-    def set_mode(self, mode: str) -> None:
-        if mode == self.mode:
-            return
-        if mode != "thru" and self.gen is not None and mode not in self.gen.modes:
-            log.warning("mode '%s' refused: generator '%s' supports %s (keeping '%s')", mode,
-                        self.gen_name, ", ".join(sorted(self.gen.modes)), self.mode)
-            self._echo("mode")
-            return
-        self._end_everything(self._now)
-        self._reset_phrase()
-        log.info("mode: %s -> %s", self.mode, mode)
-        self.mode = mode
-        self._marker(f"mode {mode}")
-        self._echo("mode")
-
-    def _set_control(self, action: str, value: float) -> None:
-        self.controls[action] = value
-        if action == "length":
-            n, b = self._base_length
-            self.max_notes = max(1, round(n * value))
-            self.max_beats = max(0.25, b * value)
-        self._echo(action)
-
-    def _mapped(self, b: "ctl_mod.Binding", kind: int, value: int, ch: int) -> None:
-        """A mapped knob, fader or pad moved."""
-        if b.action in ctl_mod.TRIGGERS:
-            pressed = value > 0 if kind == midi.NOTE_ON else kind == midi.CONTROL and value >= 64
-            if not pressed:
-                return
-            if b.action == "rate_good" or b.action == "rate_bad":
-                self.rate(1 if b.action == "rate_good" else -1)
-            else:
-                self.command(b.action)
-            return
-        if kind != midi.CONTROL:
-            return  # continuous actions read CCs; a note mapped to one only consumes itself
-        if b.action == "mode":
-            self.set_mode(ctl_mod.MODES[ctl_mod.pick(value, len(ctl_mod.MODES))])
-        elif b.action == "generator":
-            names = self.host.names()
-            if names:
-                self.request_swap(ctl_mod.pick(value, len(names)))
-        else:
-            self.controls[b.action] = None  # (set below; no echo back to the knob turned)
-            q = ctl_mod.scale(b.action, value)
-            echo, self.echo = self.echo, False
-            self._set_control(b.action, q)
-            self.echo = echo
-
-    def _echo(self, action: str) -> None:
-        """Show the current value of ``action`` on its mapped CC (controller LEDs)."""
-        if not self.echo:
-            return
-        b = self.cmap.binding(action)
-        if b is None or b.kind != "cc":
-            return
-        if action == "mode":
-            value = ctl_mod.choice_value(ctl_mod.MODES.index(self.mode), len(ctl_mod.MODES))
-        elif action == "generator":
-            names = self.host.names()
-            if self.gen_name not in names:
-                return
-            value = ctl_mod.choice_value(names.index(self.gen_name), len(names))
-        else:
-            q = self.controls[action]
-            value = ctl_mod.unscale(action, 1.0 if q is None else q)
-        ch = self.control_channel if b.channel is None else b.channel
-        self.sched.message(self._now, (midi.CONTROL | ch, b.number, value), CONTROL)
-        self.sched.pump(self._now)
-
-    def rate(self, rating: int) -> None:
-        """The performer marks the last answer good (+1) or bad (-1)."""
-        if self._last is None or not self._last[1]:
-            self._warn_once("rate_nothing", "rating ignored: no answer has been played yet")
-            return
-        prompt, notes = self._last
-        ctx = self._call(self.gen.rating_context) if self.gen is not None else None
-        record = {
-            "rating": rating, "generator": self.gen_name, "mode": self.mode,
-            "bpm": round(self.bpm(self._now), 3), "context": dict(ctx or {}),
-            "phrase": [[e.pitch, e.velocity, round(e.beat, 4)] for e in prompt],
-            "answer": [[n.pitch, n.velocity, round(n.start, 4),
-                        None if n.duration is None else round(n.duration, 4)] for n in notes],
-        }
-        self.stats["ratings"] += 1
-        log.info("rated the last answer %s (%d notes)", "good" if rating > 0 else "bad", len(notes))
-        self._marker("rating " + ("good" if rating > 0 else "bad"))
-        if self.on_rating is not None:
-            self.on_rating(record)
-
-    def _marker(self, text: str) -> None:
-        if self.recorder is not None:
-            self.recorder.marker(self._now, text)
-
     # -- input ----------------------------------------------------------------------------
 
     def handle(self, item: tuple, now: int) -> None:
@@ -356,11 +236,17 @@ class Engine:
             self.stats["filtered"] += 1
             return
         if kind == midi.NOTE_ON or kind == midi.NOTE_OFF:
+            sent0 = self.sched.sent
             self._note(now, kind == midi.NOTE_ON, ch, msg[1], msg[2])
-            if self.latency is not None and kind == midi.NOTE_ON:
+            if self.latency is not None and kind == midi.NOTE_ON and self.sched.sent != sent0:
+                # arrival -> first resulting message out (thru, accompaniment)
                 self.latency.add(t, (self.wall_ns() if self.wall_ns else now) - t)
         else:
             self.stats["other"] += 1
+            if kind == midi.CONTROL and (msg[1] == 123 or msg[1] == 120) and self.held:
+                # All Notes Off / All Sound Off from the player: no key is held any more
+                # (a lost note-off must not keep the phrase open for ever)
+                self.held = {k for k in self.held if k[0] != ch}
             if self.thru_on or self.mode == "thru" or self._fallback_thru:
                 self.sched.message(now, self._thru_remap(msg), THRU)
         self._after_calls()
@@ -378,6 +264,8 @@ class Engine:
             elif self._synced and abs(sync.bpm(now) - self._logged_bpm) > 0.02 * self._logged_bpm:
                 self._logged_bpm = sync.bpm(now)
                 log.info("clock: tempo %.1f bpm", self._logged_bpm)
+            if self._synced and self.recorder is not None:
+                self.recorder.tempo(t, sync.bpm(now))  # (it keeps changes of 0.1 bpm or more)
         elif status == midi.START:
             sync.start(t)
             log.info("transport: start")
@@ -389,6 +277,7 @@ class Engine:
             log.info("transport: stop")
             self._end_everything(now)
             self._reset_phrase()
+            self.held.clear()
             if self.gen is not None:
                 self._call(self.gen.reset)
         elif status == midi.SONG_POSITION:
@@ -618,6 +507,8 @@ class Engine:
         if self._synced and not self._clocked(now):
             self._synced = False
             log.info("clock: MIDI clock lost; internal clock at %.1f bpm", self.tempo.bpm)
+            if self.recorder is not None:
+                self.recorder.tempo(now, self.tempo.bpm)
         end = self._phrase_end_at(now)
         if end is not None and now >= end:
             self._start_answer(now)

@@ -9,6 +9,7 @@ channel used), drains the output and the ports are closed.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import queue
@@ -18,10 +19,16 @@ import time
 from typing import Any
 
 from . import ports as ports_mod
+from . import tui
 from .engine import Engine
 from .host import GeneratorHost
 from .loop import EngineThread
 from .plugin import PluginError
+from .ratings import RatingsWriter
+from .record import Recorder
+from .watchdog import Watchdog
+from .supervise import PortSupervisor
+from .stats import LatencyWindow
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,28 @@ def start_engine(cfg: dict[str, Any], inbox: "queue.SimpleQueue[tuple]",
     return engine
 
 
+def latency_offset_ms(cfg: dict[str, Any], backend: str) -> float:
+    """``output.offset_ms``, with ``auto`` resolved: one period early on JACK, where incoming
+    clock is stamped and outgoing notes leave a period late; 0 on the other backends."""
+    value = cfg["output"]["offset_ms"]
+    if value != "auto":
+        return float(value)
+    if backend != "jack":
+        return 0.0
+    from .jack import period_ms
+    period = period_ms()
+    if period is None:
+        log.info("latency compensation: off (the JACK period is unknown; set output.offset_ms)")
+        return 0.0
+    log.info("latency compensation: answer notes %.2f ms early (one JACK period; output.offset_ms)", period)
+    return -period
+
+
 def run(cfg: dict[str, Any]) -> int:
+    try:
+        faulthandler.enable()  # a crash in native code prints every thread's stack
+    except (ValueError, OSError, AttributeError):  # stderr is not a real file (embedded, tests)
+        pass
     pc = cfg["ports"]
     backend = ports_mod.choose(pc["backend"])
     inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
@@ -46,15 +74,39 @@ def run(cfg: dict[str, Any]) -> int:
     except PluginError:
         host.close()
         raise
+    recorder = None
+    if cfg["record"]["dir"]:
+        try:
+            recorder = Recorder(cfg["record"]["dir"], bpm=cfg["engine"]["bpm"])  # RecordError: exit 2
+        except Exception:
+            host.close()
+            raise
+        engine.attach_recorder(recorder)
+    ratings = RatingsWriter(cfg["record"]["ratings"])
+    engine.on_rating = ratings.add
+    # (asked before our ports open: no other JACK client may open in this process later)
+    engine.offset_ns = round(latency_offset_ms(cfg, backend) * 1e6)
     try:
         p = ports_mod.open_ports(backend, pc["client_name"], pc["in_name"], pc["out_name"],
-                                 pc["extra_inputs"], pc["extra_outputs"], inbox.put)
+                                 pc["extra_inputs"], pc["extra_outputs"], inbox.put,
+                                 wait_for_missing=True)
     except ports_mod.BackendError:
+        if recorder is not None:
+            recorder.close()
+        ratings.close()
         host.close()
         raise
     engine._send = p.send
+    # Re-opens extra ports that come back and survives a JACK restart (bridge/supervise.py).
+    supervisor = PortSupervisor(p, post=inbox.put)
+    # Generator calls past engine.plugin_budget_ms are cut short (bridge/faults.py).
+    watchdog = Watchdog()
+    engine.guard_calls.watchdog = watchdog
     thread = EngineThread(engine, inbox, drain_s=cfg["output"]["drain_ms"] / 1000,
                           realtime=cfg["engine"]["realtime"])
+    window_s = cfg["status"]["window_s"]
+    # The engine samples played note-on -> output latency into it, for the status screen.
+    engine.latency, engine.wall_ns = LatencyWindow(window_s), time.perf_counter_ns
 
     def on_signal(signum, _frame):
         log.info("%s: ending all notes and stopping", signal.Signals(signum).name)
@@ -68,20 +120,30 @@ def run(cfg: dict[str, Any]) -> int:
         # computes (a model step) they would wait up to the default 5 ms switch interval.
         sys.setswitchinterval(0.0002)
         thread.start()
+        supervisor.start()
         log.info("ready: in=%r out=%r backend=%s generator=%s mode=%s", ", ".join(p.in_names),
                  ", ".join(p.out_names), backend, engine.gen_name or "-", engine.mode)
-        while thread.is_alive():
-            thread.join(0.5)  # wakes for signals; the engine itself never polls
+        # The status screen (status.tui) runs here until the engine thread ends or 'q'.
+        if not tui.run_if_wanted(cfg["status"]["tui"], engine, p, thread, engine.latency, window_s):
+            while thread.is_alive():
+                thread.join(0.5)  # wakes for signals; the engine itself never polls
     finally:
         if thread.is_alive():
             thread.stop()
             thread.join(5)
+        if recorder is not None:
+            recorder.close()  # (after the engine's last note-offs)
+        ratings.close()
+        supervisor.stop()
         p.close()
+        watchdog.close()
         host.close()
         for s, h in previous.items():
             signal.signal(s, h)
     stats = {k: v for k, v in engine.stats.items() if v}
     stats["sent"] = engine.sched.sent
+    if getattr(p, "dropped", 0):
+        stats["dropped_while_disconnected"] = p.dropped
     log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in stats.items()))
     if p.callback_errors or thread.crashes:
         log.warning("input callback errors: %d, engine errors: %d", p.callback_errors, thread.crashes)

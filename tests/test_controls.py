@@ -289,3 +289,23 @@ def test_one_overrun_between_good_calls_is_forgiven():
     wd.slow = {"accompany"}
     rig.tap(400, 64)
     assert rig.engine.gen_name == "i" and rig.engine.stats["overruns"] == 2
+
+
+@pytest.mark.parametrize("how", ["panic", "cc123", "stop"])
+def test_a_lost_note_off_does_not_keep_the_phrase_open_for_ever(how):
+    rig = Rig({"m": Melody})
+    rig.tap(0, 60)
+    rig.on(200, 62)                       # its note-off never arrives
+    rig.advance(3000)
+    assert rig.note_ons() == [], "a held key: no answer yet"
+    if how == "panic":
+        rig.engine.handle(("cmd", "panic"), rig.clock.t)
+    elif how == "cc123":
+        rig.send(3000, 0xB0, 123, 0)
+    else:
+        rig.send(3000, 0xFC)
+    assert not rig.engine.held
+    end = phrase(rig, 3100)
+    mark = rig.mark()
+    rig.advance(end + 5000)
+    assert [p for _, _, p in rig.note_ons(mark)] == [72, 74, 76, 77], "the next phrase is answered"

@@ -23,7 +23,7 @@ from bridge import jack
 from bridge.bench import cli, live
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--notes", "5", "--phrases", "2", "--load-seconds", "1"]
+TINY = ["--notes", "5", "--phrases", "2", "--load-seconds", "1", "--stop-trials", "1"]
 
 
 def run_bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -65,6 +65,8 @@ def test_bench_live_json_shape(jack_server):
     assert result["floor"]["ratio_p50"] == 1.0
     assert {"p99_ms", "max_ms"} <= set(result["grid"])
     assert {"lost_input", "dropped_output"} <= set(result["load"])
+    assert result["stop"]["stuck"] == 0 and result["stop"]["n"] == 1, result["stop"]
+    finite_positive(result["stop"], "max_ms")
     assert {"cpu", "cores", "python", "jack_period", "jack_rate"} <= set(result["machine"])
     finite_positive(result["floor"], "p50_ms", "p99_ms", "max_ms")
     finite_positive(result["thru"], "p50_ms", "p99_ms", "max_ms", "ratio_p50")

@@ -14,6 +14,15 @@ from typing import Any
 from .live import ROWS, SERVER_NAME, Options
 
 
+def _offset(v: str):
+    if v == "auto":
+        return v
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'auto' or a number of ms, not {v!r}") from None
+
+
 def _rows(text: str) -> tuple[str, ...]:
     rows = tuple(r.strip() for r in text.split(",") if r.strip())
     bad = [r for r in rows if r not in ROWS]
@@ -44,10 +53,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--silence-ms", type=float, default=200.0, metavar="MS",
                    help="phrase-end silence of the continue and grid rows (default 200)")
     p.add_argument("--bpm", type=float, default=120.0, help="tempo of the driver's clock (grid row)")
-    p.add_argument("--offset-ms", type=float, default=0.0, metavar="MS",
-                   help="the bridge's output.offset_ms (latency compensation) in the grid row (default 0)")
+    p.add_argument("--offset-ms", type=_offset, default="auto", metavar="MS",
+                   help="the bridge's output.offset_ms (latency compensation) in the grid row: "
+                        "a number, or auto (default: one JACK period early)")
     p.add_argument("--rows", type=_rows, default=ROWS, metavar="LIST",
                    help=f"only these rows (default all: {','.join(ROWS)})")
+    p.add_argument("--stop-trials", type=int, default=5, metavar="N",
+                   help="bridges stopped with SIGTERM while notes sound, in the stop row (default 5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the driver's random pauses")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -55,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def register(bench_subparsers) -> None:
     """Add ``live`` to the ``bench`` command's subparsers."""
     p = bench_subparsers.add_parser("live", help="end-to-end latency through JACK: floor, thru, "
-                                                 "accompany, continue, grid, load")
+                                                 "accompany, continue, grid, load, stop")
     add_arguments(p)
     p.set_defaults(func=cmd_live)
 
@@ -72,7 +84,7 @@ def options(args: argparse.Namespace) -> Options:
                    load_seconds=args.load_seconds, load_rate=args.load_rate,
                    generator=args.generator, accompany_generator=args.accompany_generator,
                    silence_ms=args.silence_ms, bpm=args.bpm, offset_ms=args.offset_ms, server=args.server,
-                   rows=args.rows, seed=args.seed, progress=progress)
+                   rows=args.rows, seed=args.seed, stop_trials=args.stop_trials, progress=progress)
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -108,8 +120,9 @@ def format_table(r: dict[str, Any]) -> str:
              "thru": "midi-bridge run --mode thru, round trip",
              "accompany": "note-on -> first accompaniment note",
              "continue": "phrase end -> first answer note (no clock)",
-             "grid": "|answer note - nearest 1/16 of the clock|"}
-    for row in ("floor", "thru", "accompany", "continue", "grid"):
+             "grid": "|answer note - nearest 1/16 of the clock|",
+             "stop": "SIGTERM -> last note-off of the sounding accompaniment"}
+    for row in ("floor", "thru", "accompany", "continue", "grid", "stop"):
         d = r.get(row)
         if d is None:
             continue
@@ -123,6 +136,8 @@ def format_table(r: dict[str, Any]) -> str:
                       f"{_ms(d['limit_ms'])} ms; tempo {d['bpm_estimate']} bpm for {d['bpm']}")
         if d.get("lost"):
             extra += f"; {d['lost']} unanswered"
+        if d.get("stuck"):
+            extra += f"; {d['stuck']} of {d['trials']} left notes sounding"
         lines.append(f"{row:<11}{_ms(d['p50_ms']):>9}{_ms(d['p99_ms']):>9}{_ms(d['max_ms']):>9}"
                      f"{d['n']:>6}{'' if ratio is None else f'{ratio:.2f}x':>13}  {extra}")
     load = r.get("load")
@@ -135,7 +150,7 @@ def format_table(r: dict[str, Any]) -> str:
                           f"the driver got back {load['received']}: lost_input {load['lost_input']}, "
                           f"dropped_output {load['dropped_output']} (latency p50 {_ms(load['p50_ms'])} "
                           f"p99 {_ms(load['p99_ms'])} max {_ms(load['max_ms'])} ms)"]
-    lines += ["", "targets (issue 4):"]
+    lines += ["", "targets (issues 4 and 5):"]
     for t in r.get("targets", {}).values():
         state = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         lines.append(f"  [{state:>6}] {t['target']}: {t['value']} (limit {t['limit']})")

@@ -22,6 +22,7 @@ every phase of the JACK cycle.  ``ratio_p50`` is a row's p50 over the floor's p5
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -40,13 +41,14 @@ from .driver import (Child, ClockSender, Driver, all_notes_ended, answer_over, b
 from .report import machine_info, percentile, summary, targets  # noqa: F401 - re-exported
 
 SERVER_NAME = "midi-bridge-bench"
-ROWS = ("floor", "thru", "accompany", "continue", "grid", "load")
+ROWS = ("floor", "thru", "accompany", "continue", "grid", "load", "stop")
 PLAYER, OUT = 0, 1  # MIDI channels (0-15): the player's, the bridge's generated notes
 BRIDGE_PORTS = ("midi-bridge in", "midi-bridge out")
 _LATENCY = {"p50_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
 #: What a row that failed reports (with "error"): the stable keys, all null.
 EMPTY = {"floor": _LATENCY, "thru": _LATENCY, "accompany": _LATENCY, "continue": _LATENCY,
-         "grid": _LATENCY, "load": {"lost_input": None, "dropped_output": None}}
+         "grid": _LATENCY, "load": {"lost_input": None, "dropped_output": None},
+         "stop": {**_LATENCY, "stuck": None}}
 
 
 @dataclass
@@ -61,9 +63,10 @@ class Options:
     accompany_generator: str = "rnn"
     silence_ms: float = 200.0
     bpm: float = 120.0          # the driver's clock for the grid row
-    offset_ms: float = 0.0      # the bridge's output.offset_ms in the grid row
+    offset_ms: float | str = "auto"  # the bridge's output.offset_ms in the grid row
     server: str | None = None   # use this running server instead of starting one
     rows: tuple[str, ...] = ROWS
+    stop_trials: int = 5        # bridges stopped with SIGTERM while notes sound (stop row)
     seed: int = 1
     progress: Callable[[str], None] = field(default=lambda text: None)
 
@@ -280,6 +283,32 @@ class LiveBench:
                     "sent": sent, "bridge_events_in": events_in, "received": len(received),
                     "notes_per_s": o.load_rate, "seconds": o.load_seconds, **summary(lat)}
 
+    def row_stop(self) -> dict[str, Any]:
+        """SIGTERM while accompaniment sounds: time until its last note-off arrives."""
+        lat, stuck = [], 0
+        for trial in range(self.o.stop_trials):
+            with contextlib.ExitStack() as stack:
+                bridge = self._bridge(stack, "accompany", {}, "--generator", self.o.accompany_generator)
+                driver = self._driver(stack, bridge)
+                self._warm_up(driver)
+                start = driver.mark()
+                for k, pitch in enumerate((55, 60, 64)):
+                    t0 = driver.send([0x90 | PLAYER, pitch + trial % 5, 100])
+                    driver.wait(start, first_note_on(OUT, None, t0), 1.0)
+                time.sleep(0.1)
+                t_term = time.perf_counter_ns()
+                bridge.proc.send_signal(signal.SIGTERM)
+                ended = driver.wait(start, all_notes_ended(OUT), 2.0)
+                outs = [m for m in driver.since(start) if m.channel == OUT and m.is_note_off]
+                if not ended or not outs:
+                    stuck += 1
+                else:
+                    lat.append((max(m.t_ns for m in outs) - t_term) / 1e6)
+                for p in (55, 60, 64):
+                    driver.send([0x80 | PLAYER, p + trial % 5, 0])
+        return {**summary(lat), "stuck": stuck, "trials": self.o.stop_trials,
+                "generator": self.o.accompany_generator}
+
     # -- the whole run ------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -306,10 +335,18 @@ class LiveBench:
                     continue
                 o.progress(f"{row} ...")
                 t = time.monotonic()
+                # The driver's own collector must not pause its JACK callbacks mid-row: the
+                # messages of earlier rows pile up, and a full collection of them (~300 ms,
+                # three minutes into a full run) stalled the graph and lost load-row input.
+                gc.collect()
+                gc.freeze()
+                gc.disable()
                 try:
                     result[row] = getattr(self, f"row_{row}")()
                 except Exception as e:  # noqa: BLE001 - report the row, go on with the next
                     result[row] = {**EMPTY[row], "error": f"{type(e).__name__}: {e}"}
+                finally:
+                    gc.enable()
                 o.progress(f"{row}: {result[row]} ({time.monotonic() - t:.1f} s)")
             floor = (result.get("floor") or {}).get("p50_ms")
             for row in ("floor", "thru", "accompany", "continue"):

@@ -64,6 +64,10 @@ def targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     load = r.get("load") or {}
     lost = None if "lost_input" not in load else load["lost_input"] + load["dropped_output"]
     out["load"] = {"target": "load: zero lost input, zero dropped output", "value": lost, "limit": 0}
+    out["stop"] = {"target": "SIGTERM: every sounding note ended within 50 ms", "value": get("stop", "max_ms"),
+                   "limit": 50.0}
     for t in out.values():
         t["met"] = None if t["value"] is None or t["limit"] is None else t["value"] <= t["limit"]
+    if get("stop", "stuck"):  # a note that never ended fails it, however fast the others were
+        out["stop"]["met"] = False
     return out

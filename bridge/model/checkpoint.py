@@ -44,7 +44,10 @@ def save(path: str | os.PathLike, model: EventRNN, meta: dict, train_state: dict
     os.replace(tmp, path)
 
 
-def load_raw(path: str | os.PathLike) -> dict:
+def load_raw(path: str | os.PathLike, fmt: str = FORMAT, what: str = "RNN",
+             writer: str = "midi-bridge train") -> dict:
+    """The checkpoint dict of format ``fmt``; refuses anything ``torch.load(weights_only=True)``
+    refuses (a file that would import or call Python objects on load)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -54,11 +57,11 @@ def load_raw(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensor checkpoint -- loading it would "
             f"import or call Python objects (possibly running code). Only checkpoints written by "
-            f"midi-bridge train are accepted. ({str(exc).splitlines()[0]})") from None
+            f"{writer} are accepted. ({str(exc).splitlines()[0]})") from None
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a midi-bridge RNN checkpoint")
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a midi-bridge {what} checkpoint")
     return blob
 
 

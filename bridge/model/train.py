@@ -116,7 +116,8 @@ class Progress:
         self.t0 = time.monotonic()
         self.last = 0.0
 
-    def update(self, done: int, loss: float, force: bool = False) -> None:
+    def update(self, done: int, loss: float | str, force: bool = False) -> None:
+        """``loss`` in bits per note, or the losses already written out (``"D ... G ..."``)."""
         now = time.monotonic()
         if not self.enabled or (not force and now - self.last < 0.5):
             return
@@ -124,7 +125,8 @@ class Progress:
         frac = done / self.total
         eta = (now - self.t0) / frac * (1 - frac) if frac > 0 else 0
         bar = "#" * int(frac * 24)
-        sys.stderr.write(f"\r{self.label} [{bar:<24}] {done}/{self.total} loss {loss:.3f} bits/note "
+        shown = loss if isinstance(loss, str) else f"loss {loss:.3f} bits/note"
+        sys.stderr.write(f"\r{self.label} [{bar:<24}] {done}/{self.total} {shown} "
                          f"ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
         if force:
             sys.stderr.write("\n")

@@ -1,0 +1,294 @@
+"""The conditional bar GAN: bar encoding, networks, train-gan, the ``gan`` plugin."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bridge import discovery
+from bridge.model import gan
+from bridge.model.checkpoint import CheckpointError
+from bridge.model.dataset import pack
+from bridge.model.encoding import ENCODING_VERSION, NOTE_SPEC, STEPS_PER_BEAT, GridNote, encode_notes
+from bridge.plugin import Context, Note, PlayedEvent, PluginError
+from plugins.gan import GANGenerator
+
+TINY = {"z": 8, "ch": 16, "cond": 8, "n_styles": 2}
+
+
+def random_melody(rng: np.random.Generator, n_bars: int) -> list[tuple[int, float, float]]:
+    """Monophonic notes on the sixteenth grid inside the GAN's range, some tied over bar lines."""
+    out, step, total = [], 0, n_bars * gan.STEPS
+    while step < total:
+        if rng.random() < 0.2:
+            step += int(rng.integers(1, 4))  # a rest
+            continue
+        dur = min(int(rng.integers(1, 9)), total - step)
+        out.append((int(rng.integers(gan.LOW, gan.LOW + gan.N_PITCH)), step * 0.25, dur * 0.25))
+        step += dur
+    return out
+
+
+def test_bar_encoding_round_trip():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mel = random_melody(rng, 3)
+        bars = gan.melody_to_bars(mel, 3)
+        assert bars.shape == (3, gan.STEPS)
+        assert gan.bars_to_melody(bars) == mel
+
+
+def test_bar_encoding_ties_folds_and_rounds():
+    # a note over the bar line is a HOLD at step 0 of the next bar
+    bars = gan.melody_to_bars([(60, 3.0, 2.0), (62, 5.0, 1.0)], 2)
+    assert bars[0, 12] == 60 - gan.LOW and list(bars[0, 13:]) == [gan.HOLD] * 3
+    assert list(bars[1, :4]) == [gan.HOLD] * 4 and bars[1, 4] == 62 - gan.LOW
+    assert list(bars[1, 8:]) == [gan.REST] * 8
+    # out-of-range pitches move by octaves; a triplet onset is rounded to the sixteenth
+    bars = gan.melody_to_bars([(30, 0.0, 1.0), (110, 1.34, 0.5)], 1)
+    assert bars[0, 0] + gan.LOW == 54 and bars[0, 5] + gan.LOW == 98 - 12
+    # a HOLD after a rest is a rest; a HOLD at the very start starts nothing
+    assert gan.bars_to_melody([[gan.HOLD, gan.REST, gan.HOLD, 0] + [gan.HOLD] * 12]) == [(gan.LOW, 0.75, 3.25)]
+
+
+def test_generator_and_discriminator_shapes_and_conditioning():
+    torch.manual_seed(0)
+    cfg = gan.GanConfig(**TINY)
+    g, d = gan.BarGenerator(cfg), gan.BarDiscriminator(cfg)
+    z = torch.randn(3, cfg.z)
+    prev_a = gan.one_hot(torch.full((3, gan.STEPS), gan.REST))
+    prev_b = gan.one_hot(torch.randint(0, gan.N_PITCH, (3, gan.STEPS)))
+    style0, style1 = torch.zeros(3, dtype=torch.long), torch.ones(3, dtype=torch.long)
+    ctx_a, ctx_b = torch.zeros(3, 12), torch.eye(12)[[0, 4, 7]]
+    out = g(z, style0, prev_a, ctx_a)
+    assert out.shape == (3, gan.N_CLASSES, gan.STEPS)
+    assert not torch.allclose(out, g(z, style0, prev_b, ctx_a))  # the previous bar matters
+    assert not torch.allclose(out, g(z, style1, prev_a, ctx_a))  # the style matters
+    assert not torch.allclose(out, g(z, style0, prev_a, ctx_b))  # the tonal context matters
+    bar = gan.one_hot(torch.randint(0, gan.N_CLASSES, (3, gan.STEPS)))
+    score, feat = d(bar, prev_a, style0, ctx_a)
+    assert score.shape == (3,) and feat.shape == (3, cfg.ch)
+    assert not torch.allclose(score, d(bar, prev_b, style0, ctx_a)[0])
+    assert not torch.allclose(score, d(bar, prev_a, style1, ctx_a)[0])
+    bars = gan.sample_bars(g, np.full((5, gan.STEPS), gan.REST), 1, 1.0, torch.Generator().manual_seed(1))
+    assert bars.shape == (5, gan.STEPS) and bars.min() >= 0 and bars.max() < gan.N_CLASSES
+
+
+def test_pitch_class_profile():
+    bars = gan.melody_to_bars([(60, 0.0, 1.0), (72, 1.0, 1.0), (67, 4.0, 3.0)], 2)
+    prof = gan.pc_profile(bars)
+    assert prof.shape == (12,) and prof[0] == pytest.approx(2 / 3) and prof[7] == pytest.approx(1 / 3)
+    assert gan.pc_profile(bars[None, 1:])[0, 7] == 1.0  # batched: one profile per passage
+    assert not gan.pc_profile(np.full((1, gan.STEPS), gan.REST)).any()
+
+
+def test_phrase_to_bar():
+    # the bar is the 4 beats ending on the beat after the last onset: here beats 2..6
+    notes = [(60, 0.0, None), (64, 2.0, None), (67, 2.5, 0.25), (72, 5.0, None), (69, 5.0, None)]
+    bar = gan.phrase_to_bar(notes)
+    assert gan.bars_to_melody(bar, origin=2.0) == [(64, 2.0, 0.5), (67, 2.5, 0.25), (72, 5.0, 1.0)]
+    assert list(gan.phrase_to_bar([])) == [gan.REST] * gan.STEPS
+    bars = gan.phrase_to_bars(notes, 2)  # beats -2..6: the first note lies in the first bar
+    assert bars.shape == (2, gan.STEPS) and bars[0, 8] == 60 - gan.LOW and (bars[1] == bar).all()
+
+
+def tiny_checkpoint(path, styles=("chorale", "folk")):
+    torch.manual_seed(0)
+    g = gan.BarGenerator(gan.GanConfig(**TINY))
+    rng = np.random.default_rng(0)
+    primers = np.stack([gan.melody_to_bars(random_melody(rng, gan.CTX_BARS), gan.CTX_BARS) for _ in range(6)])
+    gan.save(path, g, {"styles": list(styles)}, primers, np.array([0, 1, 0, 1, 0, 1]), half=True)
+    return path
+
+
+def check_melody(mel, bars):
+    assert all(isinstance(p, int) and 0 <= p <= 127 for p, _, _ in mel)
+    starts = [s for _, s, _ in mel]
+    assert starts == sorted(starts)
+    assert all(d > 0 and s + d <= bars * 4 + 1e-9 for _, s, d in mel)
+
+
+def test_generate_melodies_api(tmp_path):
+    path = tiny_checkpoint(tmp_path / "g.pt")
+    mels = gan.generate_melodies(str(path), 5, bars=3, seed=2)
+    assert len(mels) == 5
+    for mel in mels:
+        check_melody(mel, 3)
+    assert mels == gan.generate_melodies(path, 5, bars=3, seed=2)
+    assert len(gan.generate_melodies(path, 2, bars=1, style="chorale")) == 2
+    with pytest.raises(ValueError):
+        gan.generate_melodies(path, 1, style="jazz")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": gan.FORMAT, "payload": Evil()}, bad)
+    with pytest.raises(CheckpointError, match="refusing"):
+        gan.load(bad)
+    with pytest.raises(PluginError, match="refusing"):
+        GANGenerator({"checkpoint": str(bad)})
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a midi-bridge GAN"):
+        gan.load(tmp_path / "other.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this ran on load",))
+
+
+def write_dataset(root, seed=0):
+    """A tiny prepared melody dataset (scales and arpeggios in two styles)."""
+    root.mkdir()
+    rng = np.random.default_rng(seed)
+    pieces = {"train": [], "val": [], "test": []}
+    for split, n in (("train", 12), ("val", 3), ("test", 3)):
+        for i in range(n):
+            base = int(rng.integers(60, 72))
+            steps = [0, 2, 4, 5, 7, 5, 4, 2] if i % 2 else [0, 4, 7, 12, 7, 4, 0, -5]
+            notes = [GridNote(k * STEPS_PER_BEAT // 2, base + steps[k % 8], STEPS_PER_BEAT // 2, 80)
+                     for k in range(32)]
+            pieces[split].append((encode_notes(notes), i % 2, 0))
+    for split, ps in pieces.items():
+        torch.save(pack(ps, 4), root / f"{split}.pt")
+    (root / "meta.json").write_text(json.dumps({
+        "format": "midi-bridge-dataset", "encoding_version": ENCODING_VERSION, "spec": NOTE_SPEC.to_dict(),
+        "mono": True, "styles": ["chorale", "folk"], "dataset_hash": "tiny"}))
+    return root
+
+
+def test_train_gan_checkpoints_reload_and_resume(tmp_path, capsys):
+    from bridge.cli import main
+
+    ds = write_dataset(tmp_path / "ds")
+    run = tmp_path / "run"
+    common = ["train-gan", "-d", str(ds), "-o", str(run), "--steps-per-epoch", "3", "--batch", "8",
+              "--z", "8", "--channels", "16", "--cond", "8", "--val-count", "4", "--eval-count", "4",
+              "--eval-bars", "2", "--seed", "3"]
+    assert main(common + ["--epochs", "1", "--objective", "wgan-gp", "--n-critic", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "ETA" in err and "val JS" in err
+    blob = torch.load(run / "last.pt", weights_only=True)
+    assert blob["format"] == gan.FORMAT and "train" in blob and "discriminator" in blob
+    assert json.loads(blob["meta"])["objective"] == "wgan-gp"
+    assert (run / "best.pt").exists()
+    export = tmp_path / "small.pt"
+    assert main(common + ["--epochs", "2", "--resume", "--export", str(export)]) == 0
+    captured = capsys.readouterr()
+    assert "resumed from" in captured.err and "epoch 2/2" in captured.err and "epoch 1/" not in captured.err
+    assert "resuming with the run's objective wgan-gp" in captured.err
+    meta = json.loads(torch.load(run / "last.pt", weights_only=True)["meta"])
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+    small = torch.load(export, weights_only=True)
+    assert "discriminator" not in small and "train" not in small
+    assert all(v.dtype == torch.float16 for v in small["generator"].values() if v.is_floating_point())
+    res = json.loads(captured.out)  # the final JS divergences against the test split
+    assert set(res["gan"]) == set(res["unigram"]) == {"pitch_class", "interval"}
+    check_melody(gan.generate_melodies(export, 2, bars=2)[0], 2)
+    # feature matching runs too, and --evaluate prints the divergences of a checkpoint
+    assert main(common[:4] + [str(tmp_path / "fm")] + common[5:] + ["--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train-gan", "-d", str(ds), "--evaluate", str(export), "--eval-count", "3",
+                 "--eval-bars", "2", "--eval-split", "val"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["melodies"] == 3 and res["split"] == "val" and 0 <= res["gan"]["interval"] <= 1
+    assert main(["train-gan", "-d", str(ds), "--evaluate", str(tmp_path / "missing.pt")]) == 2
+
+
+def ev(pitch, beat, on=True, vel=80):
+    return PlayedEvent(on=on, pitch=pitch, velocity=vel, channel=0, beat=beat, seconds=beat / 2)
+
+
+PHRASE = tuple(ev(60 + 2 * i, 0.5 * i) for i in range(8))
+
+
+def check_answer(gen: GANGenerator, context: Context) -> list[Note]:
+    it = gen.continuation(context)
+    assert iter(it) is it  # an iterator
+    before = gen.bars_sampled
+    notes = list(it)
+    assert notes and gen.bars_sampled > before
+    starts = [n.start for n in notes]
+    assert starts == sorted(starts) and starts[0] >= 0
+    for n in notes:
+        assert isinstance(n, Note) and 0 <= n.pitch <= 127 and n.duration > 0
+        assert n.start + n.duration <= context.max_beats + 1e-9
+    return notes
+
+
+def test_plugin_answers_lazily_bar_by_bar(tmp_path):
+    path = tiny_checkpoint(tmp_path / "g.pt")
+    gen = GANGenerator({"checkpoint": str(path), "seed": 1, "temperature": 0.8})
+    for e in PHRASE:
+        gen.observe(e)
+        gen.observe(ev(e.pitch, e.beat + 0.25, on=False))
+    it = gen.continuation(Context(tempo_bpm=120, beat=5.0, max_beats=12, phrase=PHRASE))
+    assert gen.bars_sampled == 0  # nothing sampled before the first pull
+    first = next(it)
+    assert 1 <= gen.bars_sampled <= 2  # one bar (two when its last note is held over)
+    assert first.start < 8
+    it.close()
+    assert gen.bars_sampled <= 2
+    notes = check_answer(gen, Context(tempo_bpm=120, beat=5.0, max_beats=6, phrase=PHRASE))
+    assert max(n.start for n in notes) < 6
+    # max_beats unset: the configured number of bars
+    gen = GANGenerator({"checkpoint": str(path), "seed": 1, "bars": 2})
+    notes = list(gen.continuation(Context(tempo_bpm=120, beat=5.0, phrase=PHRASE)))
+    assert gen.bars_sampled == 2 and all(n.start + n.duration <= 8 + 1e-9 for n in notes)
+    notes = list(gen.continuation(Context(tempo_bpm=120, beat=5.0, phrase=())))  # nothing played: an empty bar
+    assert gen.bars_sampled == 4 and all(n.start + n.duration <= 8 + 1e-9 for n in notes)
+
+
+def test_plugin_honours_context_temperature(tmp_path, monkeypatch):
+    path = tiny_checkpoint(tmp_path / "g.pt")
+    gen = GANGenerator({"checkpoint": str(path), "seed": 1, "temperature": 0.7})
+    seen = []
+    real = gan.continue_bars
+
+    def spy(g, prev, style, temperature, generator):
+        seen.append(temperature)
+        return real(g, prev, style, temperature, generator)
+
+    monkeypatch.setattr(gan, "continue_bars", spy)
+    list(gen.continuation(Context(tempo_bpm=120, beat=4.0, max_beats=4, phrase=PHRASE)))
+    list(gen.continuation(Context(tempo_bpm=120, beat=4.0, max_beats=4, phrase=PHRASE, temperature=0.2)))
+    assert seen == [0.7, 0.2]
+
+
+def test_plugin_same_seed_same_answer_and_conditioning(tmp_path):
+    path = tiny_checkpoint(tmp_path / "g.pt")
+    ctx = Context(tempo_bpm=120, beat=5.0, max_beats=8, phrase=PHRASE)
+    a = list(GANGenerator({"checkpoint": str(path), "seed": 5}).continuation(ctx))
+    b = list(GANGenerator({"checkpoint": str(path), "seed": 5}).continuation(ctx))
+    assert a == b
+    with pytest.raises(PluginError, match="style"):
+        GANGenerator({"checkpoint": str(path), "style": "jazz"})
+    with pytest.raises(PluginError, match="not found"):
+        GANGenerator({"checkpoint": str(tmp_path / "nope.pt")})
+
+
+def test_plugin_via_discovery(tmp_path):
+    info = discovery.discover()["gan"]
+    assert discovery.load_class(info) is GANGenerator
+    path = tiny_checkpoint(tmp_path / "g.pt")
+    gen = discovery.create(info, {"checkpoint": str(path), "seed": 0})
+    assert gen.modes == {"continue"}
+    check_answer(gen, Context(tempo_bpm=100, beat=4.0, max_beats=8, phrase=PHRASE))
+    with pytest.raises(PluginError, match="unknown key"):
+        discovery.create(info, {"checkpoint": str(path), "top_p": 0.9})
+
+
+def test_shipped_checkpoint_is_small_and_loads():
+    from plugins.rnn import MODELS_DIR
+
+    path = MODELS_DIR / "gan.pt"
+    if not path.exists():
+        pytest.skip("models/gan.pt not shipped yet")
+    assert path.stat().st_size <= 3_000_000
+    model = gan.load(path)
+    assert "folk" in model.styles and len(model.primers) > 0
+    gen = GANGenerator({"seed": 0})
+    check_answer(gen, Context(tempo_bpm=120, beat=4.0, max_beats=8, phrase=PHRASE))

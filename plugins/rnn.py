@@ -107,6 +107,7 @@ class RNNGenerator(Generator):
         if style not in styles:
             raise PluginError(f"rnn: style {style!r} unknown to {cfg['checkpoint']} (it knows {', '.join(styles)})")
         self.style = styles.index(style)
+        self._styles = list(styles)
         mask = sampling.pitch_range_mask(int(cfg["low"]), int(cfg["high"]))
         if cfg["key"]:
             from plugins.harmony import parse_key
@@ -196,6 +197,7 @@ class RNNGenerator(Generator):
         # out, interrupted, or a speculative answer discarded unplayed) the state returns to
         # what the player played, so a discarded speculation leaves no trace.
         snap, last_onset = self.st.snapshot(), self.last_onset
+        self._answer_state = snap  # for rating_context(): the state this answer came from
         try:
             yield from self._sample_answer(context)
         finally:
@@ -254,6 +256,21 @@ class RNNGenerator(Generator):
                     seen.add(p)
                     notes.append(Note(pitch=p, velocity=vel, start=0.0, duration=None))
         return notes
+
+    def rating_context(self) -> dict:
+        """Saved with a rating: the checkpoint, style, sampling settings and the recurrent
+        state the last answer was sampled from (``h``, and ``c`` for an LSTM, flattened,
+        rounded to 4 decimals; the current state when no answer was sampled yet)."""
+        snap = getattr(self, "_answer_state", None) or self.st.snapshot()
+        styles = self._styles
+        ctx = {"checkpoint": Path(str(self.config["checkpoint"])).name,
+               "style": styles[self.style] if self.style < len(styles) else None,
+               "temperature": float(self.config["temperature"]), "top_p": float(self.config["top_p"]),
+               "kind": "lstm" if self.st.lstm else "gru", "state_shape": [int(d) for d in snap[0].shape],
+               "state": [round(float(v), 4) for v in snap[0].flatten().tolist()]}
+        if snap[1] is not None:
+            ctx["cell"] = [round(float(v), 4) for v in snap[1].flatten().tolist()]
+        return ctx
 
     def close(self) -> None:
         self.pending.clear()

@@ -3,7 +3,7 @@
     midi-bridge prepare INPUTS... -o DATASET [--mono] [--view notes|harmony] [--transpose K]
     midi-bridge corpus export -o DIR [--jobs N]
     midi-bridge train -d DATASET -o RUNDIR [--kind gru|lstm] [--resume] [--seed S] [--export F]
-    midi-bridge evaluate --checkpoint C --dataset D [--json]
+    midi-bridge evaluate --checkpoint C --dataset D [--json] [--theory [--tuned T] [--gan G]]
     midi-bridge bench model [--json]
 
 Each handler takes the parsed arguments and returns an exit code; heavy modules are
@@ -95,7 +95,19 @@ def register(subparsers) -> None:
     p.add_argument("--no-markov", action="store_true", help="skip the markov baseline")
     p.add_argument("--markov-order", type=int, default=None, help="PPM maximum order (default: tuned on val)")
     p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=_run("evaluate", "cmd_evaluate"))
+    p.add_argument("--theory", action="store_true",
+                   help="music-theory metrics (RL Tuner) of corpus and sampled melodies per source")
+    p.add_argument("--tuned", help="--theory: the RL-tuned checkpoint (default models/melody-tuned.pt if present)")
+    p.add_argument("--gan", help="--theory: the GAN checkpoint (default models/gan.pt if present)")
+    p.add_argument("--samples", type=int, default=200, help="--theory: melodies per source")
+    p.add_argument("--notes", type=int, default=32, help="--theory: notes per melody")
+    p.add_argument("--bars", type=int, default=8, help="--theory: bars per GAN melody (then cut to --notes)")
+    p.add_argument("--temperature", type=float, default=1.0, help="--theory: sampling temperature")
+    p.add_argument("--seed", type=int, default=0, help="--theory: first sampling seed")
+    p.add_argument("--markov-weight", type=float, default=32.0, help="--theory: the PPM's piece weight")
+    p.add_argument("--no-bits", action="store_true", help="--theory: skip bits per note")
+    plain, theory = _run("evaluate", "cmd_evaluate"), _run("theory_eval", "cmd_theory")
+    p.set_defaults(func=lambda a: (theory if a.theory else plain)(a), tuned=None, gan=None)
 
     p = subparsers.add_parser("bench", help="benchmarks (not timed tests)")
     sub = p.add_subparsers(dest="bench_command", required=True)

@@ -9,14 +9,7 @@ import pytest
 from bridge import control
 from bridge.engine import ACCOUNTED
 from helpers import Both, Endless, Intervals, Melody, Rig, is_cc, unmatched
-
-
-def phrase(rig, t0=0, pitches=(60, 62)):
-    t = t0
-    for p in pitches:
-        rig.tap(t, p, 100)
-        t += 200
-    return t - 100
+from test_engine import phrase
 
 
 # -- mapping specs ---------------------------------------------------------------------------

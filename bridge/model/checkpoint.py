@@ -36,6 +36,11 @@ def save(path: str | os.PathLike, model: EventRNN, meta: dict, train_state: dict
     full.update({"encoding_version": ENCODING_VERSION, "spec": model.spec.to_dict(),
                  "model": model.cfg.to_dict(), "n_styles": model.n_styles})
     blob = {"format": FORMAT, "meta": json.dumps(full), "model": state}
+    save_blob(path, blob, train_state)
+
+
+def save_blob(path: str | os.PathLike, blob: dict, train_state: dict | None = None) -> None:
+    """Write a checkpoint dict atomically (a half-written file never replaces a good one)."""
     if train_state is not None:
         blob["train"] = train_state
     path = Path(path)

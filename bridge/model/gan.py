@@ -30,9 +30,7 @@ state], "primers": uint8 [K, CTX_BARS, 16], "primer_styles": int64 [K], ["train"
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -265,12 +263,7 @@ def save(path, gen: BarGenerator, meta: dict, primers: np.ndarray, primer_styles
             "primer_styles": torch.as_tensor(np.asarray(primer_styles), dtype=torch.int64).reshape(-1)}
     if disc is not None:
         blob["discriminator"] = sd(disc)
-    if train_state is not None:
-        blob["train"] = train_state
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    checkpoint.save_blob(path, blob, train_state)
 
 
 def load_raw(path) -> dict:

@@ -5,7 +5,9 @@ sixteenth-note tokens; see :func:`bridge.model.gan.phrase_to_bars`) and the pitc
 profile of the phrase's last 4 bars condition the first answer bar; each later bar is
 conditioned on the answer bar before it and the profile of the last 4 bars.  A bar is sampled
 only when the engine pulls past the previous one, so an interrupted answer costs nothing
-more.  A note held over a bar line is yielded when the next bar shows where it ends.
+more.  A note held over a bar line is yielded when the next bar shows where it ends.  A
+checkpoint calibrated by ``train-gan --calibrate`` carries a pitch-class logit bias, used here
+as in :func:`bridge.model.gan.generate_melodies`.
 
 Config: ``checkpoint`` (relative paths are looked up in the current folder, then in the
 project's ``models/``), ``style`` (a label the checkpoint knows; default ``folk`` if it
@@ -101,7 +103,8 @@ class GANGenerator(Generator):
     def _answer(self, history, temperature: float, limit: float, vel: int) -> Iterator[Note]:
         gan = self.gan
         n_bars = max(1, math.ceil(limit / gan.BAR_BEATS - 1e-9))
-        bars = gan.continue_bars(self.model.gen, history, self.style, temperature, self.rng)
+        bars = gan.continue_bars(self.model.gen, history, self.style, temperature, self.rng,
+                                 pc_bias=self.model.pc_bias, bias_frame=self.model.bias_frame)
         step = gan.STEP_BEATS
         cur = None  # [pitch, start step] of the note sounding at the end of what was decoded
 

@@ -214,6 +214,37 @@ def test_sigterm_ends_sounding_notes_then_panics(start_bridge, driver):
         assert last_off < sustain_off < all_off, (ch, [m.data.hex() for m in got])
 
 
+@pytest.mark.jack
+def test_record_holds_the_session_and_is_closed_on_sigterm(start_bridge, driver, tmp_path):
+    """--record: the played and generated notes, per source, every note ended after SIGTERM."""
+    import mido
+
+    rec = tmp_path / "rec"
+    bridge = start_bridge("--mode", "accompany", "--generator", "harmony", "--record", str(rec),
+                          config={**CONFIG, "thru": {"enabled": True, "channel": 3}})
+    midi = driver(bridge)
+    midi.note_on(60, 100, PLAYER_CH)
+    midi.note_on(64, 100, PLAYER_CH)
+    midi.wait_for(lambda ms: note_ons(ms), timeout=3, what="accompaniment")
+    time.sleep(0.2)
+    assert bridge.terminate(signal.SIGTERM) == 0, bridge.output   # keys still held
+    files = sorted(rec.glob("session-*.mid"))
+    assert len(files) == 1, (files, bridge.output)
+    tracks = {t.name: t for t in mido.MidiFile(files[0]).tracks}
+    assert {"input", "out: harmony", "out: thru"} <= set(tracks), sorted(tracks)
+    played = [m.note for m in tracks["input"] if m.type == "note_on" and m.velocity]
+    assert played == [60, 64]
+    for name in ("out: harmony", "out: thru"):
+        sounding = set()
+        for m in tracks[name]:
+            if m.type == "note_on" and m.velocity:
+                sounding.add((m.channel, m.note))
+            elif m.type in ("note_off", "note_on"):
+                sounding.discard((m.channel, m.note))
+        assert not sounding, f"{name}: notes left sounding in the recording: {sounding}"
+    assert any(m.type == "note_on" and m.velocity for m in tracks["out: harmony"])
+
+
 # -- plugins --------------------------------------------------------------------------------------
 
 def test_builtin_generators_load():

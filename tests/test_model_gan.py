@@ -248,9 +248,9 @@ def test_plugin_honours_context_temperature(tmp_path, monkeypatch):
     seen = []
     real = gan.continue_bars
 
-    def spy(g, prev, style, temperature, generator):
+    def spy(g, prev, style, temperature, generator, **kw):
         seen.append(temperature)
-        return real(g, prev, style, temperature, generator)
+        return real(g, prev, style, temperature, generator, **kw)
 
     monkeypatch.setattr(gan, "continue_bars", spy)
     list(gen.continuation(Context(tempo_bpm=120, beat=4.0, max_beats=4, phrase=PHRASE)))
@@ -292,3 +292,49 @@ def test_shipped_checkpoint_is_small_and_loads():
     assert "folk" in model.styles and len(model.primers) > 0
     gen = GANGenerator({"seed": 0})
     check_answer(gen, Context(tempo_bpm=120, beat=4.0, max_beats=8, phrase=PHRASE))
+
+
+def test_calibration_moves_pitch_classes_towards_target(tmp_path):
+    from bridge.model.gan_train import calibrate, onset_pc_counts
+    from bridge.model.theory import js_divergence
+
+    path = tiny_checkpoint(tmp_path / "g.pt")
+    old = gan.load(path)
+    assert old.pc_bias is None and "pc_bias" not in torch.load(path, weights_only=True)  # no bias: none applied
+    target = np.array([8, 0.5, 3, 0.5, 5, 3, 0.5, 6, 0.5, 3, 0.5, 2]) * 100  # a C-major-like profile
+    targets = np.stack([target, target])
+
+    def js_of(model, bias, frame="absolute"):
+        toks, _, ctxs = gan.generate_bars(model, 300, 2, "folk", seed=7, contexts=True, pc_bias=bias)
+        return js_divergence(onset_pc_counts(toks, ctxs, frame), target)
+
+    before = js_of(old, None)
+    bias, hist = calibrate(old, targets, "absolute", iterations=3, count=300, bars=2, seed=1)
+    assert bias.shape == (2, 12) and len(hist) == 4
+    after = js_of(old, bias)
+    assert after < 0.5 * before and hist[-1]["folk"] < hist[0]["folk"]
+    # stored in the checkpoint, loaded with weights_only, used by generate_melodies and the plugin
+    gan.save(tmp_path / "c.pt", old.gen, dict(old.meta), old.primers, old.primer_styles, half=True, pc_bias=bias)
+    cal = gan.load(tmp_path / "c.pt")
+    assert np.allclose(cal.pc_bias, bias) and cal.bias_frame == "absolute"
+    mels = gan.generate_melodies(cal, 200, bars=2, style="folk", seed=3)
+    plain = gan.generate_melodies(old, 200, bars=2, style="folk", seed=3)
+    got = [0] * 12
+    base = [0] * 12
+    for mel, ref in ((mels, got), (plain, base)):
+        for m in mel:
+            for p, _s, _d in m:
+                ref[p % 12] += 1
+    assert js_divergence(got, target) < js_divergence(base, target)
+    gen = GANGenerator({"checkpoint": str(tmp_path / "c.pt"), "seed": 0})
+    check_answer(gen, Context(tempo_bpm=120, beat=4.0, max_beats=8, phrase=PHRASE))
+    # key-relative frame: the bias follows the tonic of the tonal context
+    ctx = np.zeros((2, 12), np.float32)
+    ctx[0, [0, 4, 7]] = 1 / 3  # C major
+    ctx[1, [2, 6, 9]] = 1 / 3  # D major
+    assert list(gan.context_tonic(ctx)) == [0, 2]
+    rel = np.arange(12, dtype=np.float32)
+    b = gan.pitch_bias(rel, [0, 0], ctx, "key")
+    assert b[0, 60 - gan.LOW] == 0 and b[1, 62 - gan.LOW] == 0 and b[1, 60 - gan.LOW] == 10
+    kb, _ = calibrate(gan.load(path), targets, "key", iterations=1, count=50, bars=1)
+    assert np.isfinite(kb).all()

@@ -24,7 +24,11 @@ discriminator cannot tell real from fake by one-hotness.
 ``{"format": "midi-bridge-gan", "meta": <JSON>, "generator": state, ["discriminator":
 state], "primers": uint8 [K, CTX_BARS, 16], "primer_styles": int64 [K], ["train": ...]}``.
 ``primers`` is a bank of real passages (``CTX_BARS`` bars) from the train split that
-:func:`generate_melodies` conditions its first bar on.
+:func:`generate_melodies` conditions its first bar on.  An optional ``"pc_bias"`` (float32
+``[n_styles, 12]``, written by ``train-gan --calibrate``) is added at sampling time to the
+logits of every onset pitch of each pitch class (see :func:`pitch_bias`); the meta's
+``pc_bias_frame`` says whether its pitch classes are absolute or relative to the tonic of the
+tonal context.  Checkpoints without it sample with no bias.
 """
 
 from __future__ import annotations
@@ -153,6 +157,42 @@ def pc_profile(bars) -> np.ndarray:
     return np.where(total > 0, prof / np.maximum(total, 1), 0).astype(np.float32)
 
 
+def context_tonic(ctx) -> np.ndarray:
+    """Tonal contexts ``[B, 12]`` -> the tonic ``[B]`` (0..11) of the best-correlated
+    Krumhansl-Kessler major or minor key profile (0 for a silent context)."""
+    from .theory import KK_MAJOR, KK_MINOR
+
+    c = np.asarray(ctx, dtype=np.float64).reshape(-1, 12)
+    prof = np.stack([np.roll(np.asarray(kk, np.float64), t) for kk in (KK_MAJOR, KK_MINOR) for t in range(12)])
+    prof = prof - prof.mean(1, keepdims=True)
+    cc = c - c.mean(1, keepdims=True)
+    corr = cc @ prof.T  # [B, 24]; a profile's norm is the same for every key of a mode
+    corr[:, :12] /= np.linalg.norm(prof[0])
+    corr[:, 12:] /= np.linalg.norm(prof[12])
+    tonic = corr.argmax(1) % 12
+    return np.where(c.sum(1) > 0, tonic, 0).astype(np.int64)
+
+
+_PITCH_PC = (np.arange(N_PITCH) + LOW) % 12
+
+
+def pitch_bias(pc_bias, style, ctx, frame: str = "absolute") -> np.ndarray:
+    """The logit bias ``[B, N_PITCH]`` of the onset pitches: ``pc_bias[style, pc]``
+    (``pc_bias``: ``[n_styles, 12]`` or ``[12]``; ``style``: ``[B]`` ids) where ``pc`` is
+    the pitch class, absolute or (``frame="key"``) counted from the tonic of the tonal
+    context ``ctx`` ``[B, 12]`` (:func:`context_tonic`)."""
+    ctx = np.asarray(ctx, dtype=np.float32).reshape(-1, 12)
+    b = np.asarray(pc_bias, dtype=np.float32)
+    st = np.broadcast_to(np.asarray(style, dtype=np.int64).reshape(-1), (len(ctx),))
+    rows = np.broadcast_to(b, (len(ctx), 12)) if b.ndim == 1 else b[np.clip(st, 0, len(b) - 1)]
+    pcs = np.broadcast_to(_PITCH_PC, (len(ctx), N_PITCH))
+    if frame == "key":
+        pcs = (pcs - context_tonic(ctx)[:, None]) % 12
+    elif frame != "absolute":
+        raise ValueError(f"unknown pitch-class bias frame {frame!r}")
+    return np.take_along_axis(rows, pcs, 1)
+
+
 def one_hot(tokens: torch.Tensor) -> torch.Tensor:
     """``[B, 16]`` int -> ``[B, N_CLASSES, 16]`` float."""
     return F.one_hot(tokens.long(), N_CLASSES).float().transpose(1, 2)
@@ -250,7 +290,8 @@ class BarDiscriminator(nn.Module):
 
 # -- checkpoints ---------------------------------------------------------------------------
 def save(path, gen: BarGenerator, meta: dict, primers: np.ndarray, primer_styles: np.ndarray,
-         disc: BarDiscriminator | None = None, train_state: dict | None = None, half: bool = False) -> None:
+         disc: BarDiscriminator | None = None, train_state: dict | None = None, half: bool = False,
+         pc_bias: np.ndarray | None = None) -> None:
     def sd(m):
         return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
                 for k, v in m.state_dict().items()}
@@ -263,6 +304,8 @@ def save(path, gen: BarGenerator, meta: dict, primers: np.ndarray, primer_styles
             "primer_styles": torch.as_tensor(np.asarray(primer_styles), dtype=torch.int64).reshape(-1)}
     if disc is not None:
         blob["discriminator"] = sd(disc)
+    if pc_bias is not None:
+        blob["pc_bias"] = torch.as_tensor(np.asarray(pc_bias), dtype=torch.float32).reshape(-1, 12)
     checkpoint.save_blob(path, blob, train_state)
 
 
@@ -279,6 +322,11 @@ class LoadedGAN:
     primer_styles: np.ndarray  # [K]
     disc: BarDiscriminator | None = None
     train: dict | None = None
+    pc_bias: np.ndarray | None = None  # [n_styles, 12] logit bias of onset pitch classes (None: none)
+
+    @property
+    def bias_frame(self) -> str:
+        return str(self.meta.get("pc_bias_frame", "absolute"))
 
     @property
     def styles(self) -> list[str]:
@@ -304,19 +352,24 @@ def load(path) -> LoadedGAN:
         disc = BarDiscriminator(cfg)
         disc.load_state_dict(state(blob["discriminator"]))
         disc.eval()
+    bias = blob.get("pc_bias")
+    if bias is not None:
+        bias = bias.float().reshape(-1, 12).numpy()
     return LoadedGAN(gen.eval(), meta, blob["primers"].long().numpy(), blob["primer_styles"].numpy(),
-                     disc, blob.get("train"))
+                     disc, blob.get("train"), bias)
 
 
 # -- sampling ------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_bars(gen: BarGenerator, prev: np.ndarray | torch.Tensor, style: int | Sequence[int],
                 temperature: float = 1.0, generator: torch.Generator | None = None,
-                ctx: np.ndarray | None = None) -> np.ndarray:
+                ctx: np.ndarray | None = None, pc_bias: np.ndarray | None = None,
+                bias_frame: str = "absolute") -> np.ndarray:
     """One bar per row of ``prev`` (tokens ``[B, 16]`` or ``[16]``), each conditioned on
     its previous bar and tonal context ``ctx`` (``[B, 12]``; default: the profile of
     ``prev``): tokens ``[B, 16]`` sampled from the per-step softmax at ``temperature``
-    (<= 0: the most likely token)."""
+    (<= 0: the most likely token).  ``pc_bias`` (``[n_styles, 12]``, see
+    :func:`pitch_bias`) is added to the onset logits before the temperature."""
     prev = torch.as_tensor(np.asarray(prev), dtype=torch.long)
     if prev.dim() == 1:
         prev = prev[None]
@@ -328,6 +381,9 @@ def sample_bars(gen: BarGenerator, prev: np.ndarray | torch.Tensor, style: int |
         else torch.as_tensor(list(style), dtype=torch.long)
     z = torch.randn(b, gen.cfg.z, generator=generator)
     logits = gen(z, st, one_hot(prev), ctx).transpose(1, 2)  # [B, 16, C]
+    if pc_bias is not None:
+        bias = torch.from_numpy(pitch_bias(pc_bias, st.numpy(), ctx.numpy(), bias_frame))
+        logits = torch.cat([logits[..., :N_PITCH] + bias[:, None, :], logits[..., N_PITCH:]], -1)
     if temperature <= 0:
         return logits.argmax(-1).numpy()
     probs = torch.softmax(logits / float(temperature), -1).reshape(-1, N_CLASSES)
@@ -341,8 +397,10 @@ def _as_loaded(checkpoint) -> LoadedGAN:
 
 
 def generate_bars(model: LoadedGAN, count: int, bars: int, style: str | None = None, seed: int = 0,
-                  temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """``(tokens [count, bars, 16], style ids [count])``.  Bar 0 of each melody is
+                  temperature: float = 1.0, contexts: bool = False, pc_bias="model"):
+    """``(tokens [count, bars, 16], style ids [count])`` (and with ``contexts`` the tonal
+    context each bar was sampled with, ``[count, bars, 12]``; ``pc_bias``: the
+    checkpoint's unless given).  Bar 0 of each melody is
     conditioned on a primer: a real passage of ``CTX_BARS`` bars drawn from the
     checkpoint's bank of train-split passages (of the requested style; silence when the
     bank has none); every later bar on the bar generated before it and the tonal context
@@ -365,12 +423,15 @@ def generate_bars(model: LoadedGAN, count: int, bars: int, style: str | None = N
     else:
         hist, st = silence, np.zeros(count, np.int64)
     hist = np.asarray(hist, np.int64)
+    bias = model.pc_bias if isinstance(pc_bias, str) else pc_bias
     out = np.zeros((count, bars, STEPS), np.int64)
+    ctxs = np.zeros((count, bars, 12), np.float32)
     for b in range(bars):
-        new = sample_bars(model.gen, hist[:, -1], st.tolist(), temperature, g, pc_profile(hist[:, -CTX_BARS:]))
+        ctxs[:, b] = pc_profile(hist[:, -CTX_BARS:])
+        new = sample_bars(model.gen, hist[:, -1], st.tolist(), temperature, g, ctxs[:, b], bias, model.bias_frame)
         out[:, b] = new
         hist = np.concatenate([hist[:, 1:], new[:, None]], 1)
-    return out, st
+    return (out, st, ctxs) if contexts else (out, st)
 
 
 def generate_melodies(checkpoint, count: int, bars: int = 4, style: str | None = None,
@@ -450,12 +511,15 @@ def phrase_to_bar(notes: Sequence[tuple[int, float, float | None]]) -> np.ndarra
 
 
 def continue_bars(gen: BarGenerator, history: np.ndarray, style: int, temperature: float = 1.0,
-                  generator: torch.Generator | None = None):
+                  generator: torch.Generator | None = None, pc_bias: np.ndarray | None = None,
+                  bias_frame: str = "absolute"):
     """An endless iterator of bars (tokens ``[16]``), each sampled only when pulled and
     conditioned on the bar before it and the tonal context of the last ``CTX_BARS`` bars
-    (the first on the last row of ``history``, tokens ``[n, 16]`` or ``[16]``)."""
+    (the first on the last row of ``history``, tokens ``[n, 16]`` or ``[16]``);
+    ``pc_bias``: a checkpoint's calibration (:attr:`LoadedGAN.pc_bias`)."""
     hist = np.asarray(history, dtype=np.int64).reshape(-1, STEPS)[-CTX_BARS:]
     while True:
-        new = sample_bars(gen, hist[-1], style, temperature, generator, pc_profile(hist[None]))[0]
+        new = sample_bars(gen, hist[-1], style, temperature, generator, pc_profile(hist[None]),
+                          pc_bias, bias_frame)[0]
         hist = np.concatenate([hist, new[None]])[-CTX_BARS:]
         yield new

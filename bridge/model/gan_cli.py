@@ -4,6 +4,7 @@
     midi-bridge train-gan -d DATASET -o RUNDIR [--epochs N] [--max-minutes M] [--seed S]
                           [--objective feature-matching|wgan-gp] [--resume] [--export FILE]
     midi-bridge train-gan -d DATASET --evaluate CHECKPOINT   # JS divergences vs the test split
+    midi-bridge train-gan -d DATASET --calibrate CHECKPOINT -o OUT.pt   # fit the pitch-class bias
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .cli import _run
 def register(subparsers) -> None:
     p = subparsers.add_parser("train-gan", help="train the conditional bar GAN (MidiNet-style) on a melody dataset")
     p.add_argument("-d", "--dataset", required=True, help="a prepared melody dataset (midi-bridge prepare --mono)")
-    p.add_argument("-o", "--out", help="run directory (last.pt, best.pt)")
+    p.add_argument("-o", "--out", help="run directory (last.pt, best.pt); with --calibrate, the output checkpoint")
     p.add_argument("--objective", choices=("feature-matching", "wgan-gp"), default="feature-matching",
                    help="feature-matching: non-saturating GAN + feature matching (MidiNet); wgan-gp: Wasserstein "
                         "critic with gradient penalty")
@@ -35,6 +36,13 @@ def register(subparsers) -> None:
     p.add_argument("--eval-bars", type=int, default=8, help="bars per melody for the final evaluation")
     p.add_argument("--evaluate", metavar="CHECKPOINT", help="only print CHECKPOINT's JS divergences to --eval-split")
     p.add_argument("--eval-split", choices=("test", "val"), default="test", help="the held-out split of --evaluate")
+    p.add_argument("--calibrate", metavar="CHECKPOINT",
+                   help="only fit CHECKPOINT's pitch-class logit bias to the train split and write it to -o OUT.pt")
+    p.add_argument("--calibrate-frame", choices=("absolute", "key"), default="absolute",
+                   help="pitch classes of the bias: absolute, or relative to the tonic of the tonal context")
+    p.add_argument("--calibrate-iters", type=int, default=4, help="fitting steps of --calibrate")
+    p.add_argument("--calibrate-count", type=int, default=2000,
+                   help="melodies (of --eval-bars bars) per style sampled in each --calibrate step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from RUNDIR/last.pt")

@@ -7,6 +7,12 @@ The validation score after each epoch is the sum of the Jensen-Shannon divergenc
 pitch-class and interval histograms of generated melodies to the ``val`` split (a GAN has
 no likelihood to select on).  ``--evaluate CHECKPOINT`` only prints the divergences of a
 checkpoint to the ``test`` split, with a unigram sampler's for comparison.
+
+``--calibrate CHECKPOINT -o OUT.pt`` fits a per-style pitch-class logit bias to the
+**train** split without touching the networks (iterative proportional fitting: sample
+melodies from the train-split primers, add ``log(p_train / p_gan)`` of each pitch class
+to the bias of that class's onset pitches, repeat) and writes the generator with the bias
+(float16, as ``--export``).
 """
 
 from __future__ import annotations
@@ -93,9 +99,91 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def onset_pc_counts(tokens, ctxs=None, frame: str = "absolute") -> np.ndarray:
+    """Counts ``[12]`` of the pitch classes of the onsets in tokens ``[..., 16]`` (one bar a
+    row), absolute or (``frame="key"``) from the tonic of each bar's tonal context
+    ``ctxs`` ``[..., 12]``."""
+    t = np.asarray(tokens, np.int64).reshape(-1, gan.STEPS)
+    onset = t < gan.N_PITCH
+    pcs = (np.where(onset, t, 0) + gan.LOW) % 12
+    if frame == "key":
+        pcs = (pcs - gan.context_tonic(np.asarray(ctxs).reshape(-1, 12))[:, None]) % 12
+    return np.bincount(pcs[onset], minlength=12).astype(np.float64)
+
+
+def calibration_targets(melodies, styles, n_styles: int, frame: str) -> np.ndarray:
+    """Pitch-class counts ``[n_styles, 12]`` of the train melodies of each style: of all
+    their notes (absolute), or of the onsets of every bar relative to the tonic of the
+    bar's tonal context (key)."""
+    out = np.zeros((n_styles, 12))
+    if frame == "key":
+        _prev, cur, sty, ctx, _ = bar_pairs(melodies, styles)
+        for s in range(n_styles):
+            out[s] = onset_pc_counts(cur[sty == s], ctx[sty == s], "key")
+        return out
+    for mel, s in zip(melodies, styles):
+        for p, _s, _d in mel:
+            out[s, int(p) % 12] += 1
+    return out
+
+
+def calibrate(model: gan.LoadedGAN, targets: np.ndarray, frame: str = "absolute", iterations: int = 4,
+              count: int = 2000, bars: int = 8, seed: int = 1000, log=None) -> tuple[np.ndarray, list]:
+    """Fit ``model``'s pitch-class bias ``[n_styles, 12]`` to ``targets`` (counts, see
+    :func:`calibration_targets`) by iterative proportional fitting; returns ``(bias,
+    history)`` (the JS divergence of each style's sampled histogram before each step and
+    after the last).  Styles without target counts keep a zero bias."""
+    from .theory import js_divergence
+
+    model.meta["pc_bias_frame"] = frame
+    n = len(model.styles)
+    bias = np.zeros((n, 12), np.float32) if model.pc_bias is None else np.array(model.pc_bias, np.float32)
+    history = []
+    for it in range(iterations + 1):
+        row = {}
+        for s, name in enumerate(model.styles):
+            if targets[s].sum() <= 0:
+                continue
+            toks, _, ctxs = gan.generate_bars(model, count, bars, name, seed=seed + 10 * it + s, contexts=True,
+                                              pc_bias=bias)
+            got = onset_pc_counts(toks, ctxs, frame)
+            row[name] = round(js_divergence(got, targets[s]), 5)
+            if it < iterations:
+                p_t = (targets[s] + 0.5) / (targets[s] + 0.5).sum()
+                p_g = (got + 0.5) / (got + 0.5).sum()
+                bias[s] += np.log(p_t / p_g).astype(np.float32)
+        history.append(row)
+        if log:
+            log(f"calibration {'step ' + str(it + 1) if it < iterations else 'result'}: train JS {row}")
+    return bias, history
+
+
+def cmd_calibrate(args) -> int:
+    torch.set_num_threads(max(1, args.threads))
+    if not args.out:
+        raise ValueError("train-gan --calibrate needs -o OUT.pt")
+    model = gan.load(args.calibrate)
+    mels, styles, _ = gan.split_melodies(args.dataset, "train")
+    frame = args.calibrate_frame
+    targets = calibration_targets(mels, styles, len(model.styles), frame)
+    bias, history = calibrate(model, targets, frame, args.calibrate_iters, args.calibrate_count, args.eval_bars,
+                              seed=args.seed + 1000, log=lambda m: print(m, file=sys.stderr))
+    meta = dict(model.meta, pc_bias_frame=frame,
+                calibration={"source": str(args.calibrate), "frame": frame, "iterations": args.calibrate_iters,
+                             "melodies_per_style": args.calibrate_count, "bars": args.eval_bars,
+                             "split": "train", "train_js": history,
+                             "command": " ".join(sys.argv[1:]) if args.record_command else ""})
+    gan.save(args.out, model.gen, meta, model.primers, model.primer_styles, half=True, pc_bias=bias)
+    print(json.dumps({"out": str(args.out), "frame": frame, "pc_bias": np.round(bias, 4).tolist(),
+                      "train_js": history}, indent=1))
+    return 0
+
+
 def cmd_train_gan(args) -> int:
     if getattr(args, "evaluate", None):
         return cmd_evaluate(args)
+    if getattr(args, "calibrate", None):
+        return cmd_calibrate(args)
     if not args.out:
         raise ValueError("train-gan needs -o RUNDIR (or --evaluate CHECKPOINT)")
     torch.set_num_threads(max(1, args.threads))
@@ -228,4 +316,4 @@ def cmd_train_gan(args) -> int:
     return 0
 
 
-__all__ = ["cmd_train_gan", "bar_pairs", "primer_bank"]
+__all__ = ["cmd_train_gan", "bar_pairs", "primer_bank", "calibrate", "calibration_targets", "onset_pc_counts"]

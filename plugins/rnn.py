@@ -211,6 +211,7 @@ class RNNGenerator(Generator):
         shift = None
         last_start = 0.0
         temperature = float(cfg["temperature"] if context.temperature is None else context.temperature)
+        self._answer_temperature = temperature
         while True:
             ev = st.sample(temperature, float(cfg["top_p"]), self.masks)
             st.feed(ev)
@@ -265,7 +266,8 @@ class RNNGenerator(Generator):
         styles = self._styles
         ctx = {"checkpoint": Path(str(self.config["checkpoint"])).name,
                "style": styles[self.style] if self.style < len(styles) else None,
-               "temperature": float(self.config["temperature"]), "top_p": float(self.config["top_p"]),
+               "temperature": getattr(self, "_answer_temperature", float(self.config["temperature"])),
+               "top_p": float(self.config["top_p"]),
                "kind": "lstm" if self.st.lstm else "gru", "state_shape": [int(d) for d in snap[0].shape],
                "state": [round(float(v), 4) for v in snap[0].flatten().tolist()]}
         if snap[1] is not None:

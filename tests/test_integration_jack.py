@@ -245,6 +245,32 @@ def test_record_holds_the_session_and_is_closed_on_sigterm(start_bridge, driver,
     assert any(m.type == "note_on" and m.velocity for m in tracks["out: harmony"])
 
 
+@pytest.mark.jack
+def test_a_pad_rates_the_last_answer_into_the_ratings_file(start_bridge, driver, tmp_path):
+    from bridge.ratings import load_ratings
+
+    ratings = tmp_path / "ratings.jsonl"
+    bridge = start_bridge("--mode", "continue", "--generator", "rnn", "--no-tui", config={
+        **CONFIG, "control": {"map": {"rate_good": "note 36 ch 10", "rate_bad": "note 37 ch 10"}},
+        "record": {"ratings": str(ratings)}})
+    midi = driver(bridge)
+    play_phrase(midi, [60, 62, 64, 65, 67])
+    midi.wait_for(lambda ms: note_ons(ms), timeout=10, what="an answer")
+    time.sleep(MAX_BEATS * 60 / BPM + 0.5)
+    midi.send(bytes([0x99, 36, 100]))
+    midi.send(bytes([0x89, 36, 0]))
+    deadline = time.monotonic() + 5
+    while not ratings.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bridge.terminate(signal.SIGTERM) == 0, bridge.output
+    (r,) = load_ratings(ratings)
+    assert r["rating"] == 1 and r["generator"] == "rnn"
+    assert [p[0] for p in r["phrase"]] == [60, 62, 64, 65, 67]
+    assert 1 <= len(r["answer"]) <= MAX_NOTES
+    assert r["context"]["checkpoint"] == "melody.pt" and r["context"]["state"], r["context"].keys()
+    assert not note_ons(midi.messages(), 9), "the pad is not played"
+
+
 # -- plugins --------------------------------------------------------------------------------------
 
 def test_builtin_generators_load():

@@ -147,7 +147,7 @@ def calibrate(model: gan.LoadedGAN, targets: np.ndarray, frame: str = "absolute"
             toks, _, ctxs = gan.generate_bars(model, count, bars, name, seed=seed + 10 * it + s, contexts=True,
                                               pc_bias=bias)
             got = onset_pc_counts(toks, ctxs, frame)
-            row[name] = round(js_divergence(got, targets[s]), 5)
+            row[name] = round(float(js_divergence(got, targets[s])), 5)
             if it < iterations:
                 p_t = (targets[s] + 0.5) / (targets[s] + 0.5).sum()
                 p_g = (got + 0.5) / (got + 0.5).sum()

@@ -168,13 +168,14 @@ class LiveControls:
         self._marker(f"mode {mode}")
         self._echo("mode")
 
-    def _set_control(self, action: str, value: float) -> None:
+    def _set_control(self, action: str, value: float, echo: bool = True) -> None:
         self.controls[action] = value
         if action == "length":
             n, b = self._base_length
             self.max_notes = max(1, round(n * value))
             self.max_beats = max(0.25, b * value)
-        self._echo(action)
+        if echo:
+            self._echo(action)
 
     def _mapped(self, b: "Binding", kind: int, value: int, ch: int) -> None:
         """A mapped knob, fader or pad moved."""
@@ -195,12 +196,8 @@ class LiveControls:
             names = self.host.names()
             if names:
                 self.request_swap(pick(value, len(names)))
-        else:
-            self.controls[b.action] = None  # (set below; no echo back to the knob turned)
-            q = scale(b.action, value)
-            echo, self.echo = self.echo, False
-            self._set_control(b.action, q)
-            self.echo = echo
+        else:  # (no echo back to the knob being turned)
+            self._set_control(b.action, scale(b.action, value), echo=False)
 
     def _echo(self, action: str) -> None:
         """Show the current value of ``action`` on its mapped CC (controller LEDs)."""
@@ -229,6 +226,8 @@ class LiveControls:
             self._warn_once("rate_nothing", "rating ignored: no answer has been played yet")
             return
         prompt, notes = self._last
+        if prompt is None:  # accompaniment: the notes played most recently
+            prompt = tuple(self.phrase)[-8:]
         ctx = self._call(self.gen.rating_context) if self.gen is not None else None
         record = {
             "rating": rating, "generator": self.gen_name, "mode": self.mode,

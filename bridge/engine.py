@@ -125,7 +125,10 @@ class Engine(ctl_mod.LiveControls):
         self.on_rating: Callable[[dict], None] | None = None
         self.latency: Any = None
         self.wall_ns: Callable[[], int] | None = None   # real clock for latency samples
-        self._last: tuple[tuple[PlayedEvent, ...], deque] | None = None  # last answer, for ratings
+        #: The last answer, for ratings: (the phrase it answers, or None for an accompaniment:
+        #: the recent phrase then; its notes).
+        self._last: tuple[tuple[PlayedEvent, ...] | None, deque] | None = None
+        self._acc_notes: deque[Note] = deque(maxlen=64)
         self._now = now_ns
         self._origin = now_ns
         self.held: set[tuple[int, int]] = set()
@@ -358,8 +361,9 @@ class Engine(ctl_mod.LiveControls):
                 except Exception as e:  # noqa: BLE001 - not a sequence of notes
                     self._plugin_error("accompany", e)
                     notes = []
-                if notes:
-                    self._last = (tuple(self.phrase)[-8:], deque(maxlen=self.max_notes))
+                if notes:  # the last accompaniment, for ratings (one deque, reused)
+                    self._acc_notes.clear()
+                    self._last = (None, self._acc_notes)
                 density = self.controls["density"]
                 for n in notes:
                     if density < 1.0 and self._rng.random() >= density:

@@ -302,3 +302,16 @@ def test_a_lost_note_off_does_not_keep_the_phrase_open_for_ever(how):
     mark = rig.mark()
     rig.advance(end + 5000)
     assert [p for _, _, p in rig.note_ons(mark)] == [72, 74, 76, 77], "the next phrase is answered"
+
+
+def test_rating_an_accompaniment_stores_the_recent_phrase_and_its_notes():
+    got = []
+    rig = Rig({"i": Intervals}, engine={"mode": "accompany"}, control={"map": {"rate_bad": "cc 30"}})
+    rig.engine.on_rating = got.append
+    rig.tap(0, 60)
+    rig.tap(200, 62)
+    rig.send(400, 0xB0, 30, 127)
+    (r,) = got
+    assert r["rating"] == -1 and r["mode"] == "accompany"
+    assert [p[0] for p in r["phrase"]] == [60, 62]
+    assert [n[0] for n in r["answer"]] == [66, 69], "the last accompaniment only"

@@ -444,8 +444,9 @@ def play_through(env: dict[str, str], client: str, pitch: int) -> str:
     return done.stdout.strip()
 
 
-@pytest.mark.jack
-def test_jack_server_restart_is_survived(tmp_path):
+@pytest.fixture
+def restart_server(tmp_path):
+    """A JACK server of our own that the test may stop and start (stopped afterwards)."""
     need_jackd()
     server = JackServer(RESTART_SERVER, log_path=tmp_path / "jackd.log")
     try:
@@ -453,7 +454,15 @@ def test_jack_server_restart_is_survived(tmp_path):
     except JackError as exc:
         pytest.fail(str(exc), pytrace=False)
     if not server.owned:
-        pytest.skip(f"a JACK server '{RESTART_SERVER}' runs already (not ours to restart)")
+        server.stop()
+        pytest.skip(f"a JACK server '{RESTART_SERVER}' runs already (not ours to stop)")
+    yield server
+    server.stop()
+
+
+@pytest.mark.jack
+def test_jack_server_restart_is_survived(tmp_path, restart_server):
+    server = restart_server
     env = {**client_env(RESTART_SERVER),
            "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
     bridge = None
@@ -501,15 +510,8 @@ print("NOT REACHED", flush=True)
 
 
 @pytest.mark.jack
-def test_unwatched_server_loss_fails_loudly(tmp_path):
-    need_jackd()
-    server = JackServer(RESTART_SERVER, log_path=tmp_path / "jackd.log")
-    try:
-        server.start()
-    except JackError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    if not server.owned:
-        pytest.skip(f"a JACK server '{RESTART_SERVER}' runs already (not ours to stop)")
+def test_unwatched_server_loss_fails_loudly(restart_server):
+    server = restart_server
     env = {**client_env(RESTART_SERVER), "PYTHONPATH": str(REPO)}
     child = subprocess.Popen([sys.executable, "-c", HANG], env=env, cwd=REPO, text=True,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

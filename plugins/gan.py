@@ -6,7 +6,7 @@ profile of the phrase's last 4 bars condition the first answer bar; each later b
 conditioned on the answer bar before it and the profile of the last 4 bars.  A bar is sampled
 only when the engine pulls past the previous one, so an interrupted answer costs nothing
 more.  A note held over a bar line is yielded when the next bar shows where it ends.  A
-checkpoint calibrated by ``train-gan --calibrate`` carries a pitch-class logit bias, used here
+checkpoint calibrated by ``train-gan --calibrate`` (the shipped ``gan.pt`` is) carries a pitch-class logit bias, used here
 as in :func:`bridge.model.gan.generate_melodies`.
 
 Config: ``checkpoint`` (relative paths are looked up in the current folder, then in the

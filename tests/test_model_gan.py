@@ -338,3 +338,69 @@ def test_calibration_moves_pitch_classes_towards_target(tmp_path):
     assert b[0, 60 - gan.LOW] == 0 and b[1, 62 - gan.LOW] == 0 and b[1, 60 - gan.LOW] == 10
     kb, _ = calibrate(gan.load(path), targets, "key", iterations=1, count=50, bars=1)
     assert np.isfinite(kb).all()
+
+
+def test_transposition_and_tonal_feature_matching():
+    from bridge.model.gan_train import tonal_loss, tonal_profiles, transpose_tokens
+
+    c_major = gan.melody_to_bars([(60, 0, 1), (64, 1, 1), (67, 2, 1), (95, 3, 1)], 1)
+    toks = torch.as_tensor(np.concatenate([c_major, c_major]))
+    moved = transpose_tokens(toks, torch.tensor([2, -1]))
+    assert gan.bars_to_melody(moved[0].numpy()) == [(62, 0, 1), (66, 1, 1), (69, 2, 1), (85, 3, 1)]  # 97 folds down
+    assert gan.bars_to_melody(moved[1].numpy())[0] == (59, 0, 1)
+    assert (moved == gan.HOLD).sum() == (toks == gan.HOLD).sum() and (moved == gan.REST).sum() == (toks == gan.REST).sum()
+    # the key-relative profile of a transposed bar with its transposed tonic is unchanged
+    a_abs, a_rel = tonal_profiles(gan.one_hot(toks[:1]), torch.tensor([0]))
+    b_abs, b_rel = tonal_profiles(gan.one_hot(moved[:1]), torch.tensor([2]))
+    assert torch.allclose(a_rel, b_rel) and not torch.allclose(a_abs, b_abs)
+    assert a_abs[0] == pytest.approx(0.25) and a_abs[4] == pytest.approx(0.25) and a_abs.sum() == pytest.approx(1)
+    # the loss is ~0 for logits that reproduce the real bars, positive (with a gradient) otherwise
+    real = gan.one_hot(toks)
+    tonic = torch.tensor([0, 0])
+    assert float(tonal_loss(real * 50, real, tonic)) < 1e-6
+    wrong = gan.one_hot(moved).requires_grad_(True)
+    loss = tonal_loss(wrong * 50, real, tonic)
+    loss.backward()
+    assert float(loss.detach()) > 0.01 and wrong.grad.abs().sum() > 0
+
+
+def test_continuation_of_heldout_passages(tmp_path):
+    model = gan.load(tiny_checkpoint(tmp_path / "g.pt"))
+    rng = np.random.default_rng(1)
+    pieces = [random_melody(rng, 10), random_melody(rng, 5), random_melody(rng, 3)]
+    pas, sty = gan.heldout_windows(pieces, [1, 0, 1], every=4)
+    assert pas.shape == (3, gan.CTX_BARS, gan.STEPS) and list(sty) == [1, 1, 0]  # bars 4 and 8; bar 4; none
+    assert (pas[0] == gan.melody_to_bars(pieces[0], 10)[:4]).all()
+    toks, ctxs = gan.continue_passages(model, pas, sty, 2, seed=3)
+    assert toks.shape == (3, 2, gan.STEPS) and ctxs.shape == (3, 2, 12)
+    assert np.allclose(ctxs[:, 0], gan.pc_profile(pas))  # the first bar hears the held-out passage
+    assert (toks == gan.continue_passages(model, pas, sty, 2, seed=3)[0]).all()
+    res = gan.continuation_js(model, pieces, [1, 0, 1], bars=4, seed=0, train=pieces)
+    assert res["windows"] == 3 and res["notes"] > 0
+    assert set(res["gan"]) == set(res["unigram"]) == set(res["passage_unigram"]) == {"pitch_class", "interval"}
+    assert gan.continuation_js(model, pieces[2:], [1], bars=4) == {"windows": 0, "bars": 4, "notes": 0}
+    # the passage baseline draws only the pitches of the passage it continues
+    base = gan.passage_unigram_melodies(pas, [5, 0, 7], seed=1)
+    assert [len(m) for m in base] == [5, 0, 7]
+    assert {p for p, _, _ in base[2]} <= {p for p, _, _ in gan.bars_to_melody(pas[2])}
+
+
+def test_train_gan_warm_start_with_augmentation(tmp_path, capsys):
+    from bridge.cli import main
+
+    ds = write_dataset(tmp_path / "ds")
+    common = ["train-gan", "-d", str(ds), "--steps-per-epoch", "2", "--batch", "8", "--z", "8",
+              "--channels", "16", "--cond", "8", "--val-count", "4", "--eval-count", "0", "--epochs", "1",
+              "--objective", "wgan-gp", "--n-critic", "1"]
+    assert main(common + ["-o", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main(common + ["-o", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "last.pt"), "--transpose", "5",
+                          "--tonal-weight", "10", "--select", "continuation"]) == 0
+    err = capsys.readouterr().err
+    assert "starting from the networks of" in err and "val JS" in err
+    meta = json.loads(torch.load(tmp_path / "b" / "last.pt", weights_only=True)["meta"])
+    assert meta["train_args"]["transpose"] == 5 and meta["train_args"]["tonal_weight"] == 10
+    assert main(common + ["-o", str(tmp_path / "c"), "--transpose", "12"]) == 2
+    assert "--transpose 12" in capsys.readouterr().err
+    assert main(common + ["-o", str(tmp_path / "d"), "--init", str(tmp_path / "a" / "best.pt")]) == 2
+    assert "no discriminator" in capsys.readouterr().err

@@ -422,15 +422,7 @@ def generate_bars(model: LoadedGAN, count: int, bars: int, style: str | None = N
         hist, st = bank[idx], bank_styles[idx]
     else:
         hist, st = silence, np.zeros(count, np.int64)
-    hist = np.asarray(hist, np.int64)
-    bias = model.pc_bias if isinstance(pc_bias, str) else pc_bias
-    out = np.zeros((count, bars, STEPS), np.int64)
-    ctxs = np.zeros((count, bars, 12), np.float32)
-    for b in range(bars):
-        ctxs[:, b] = pc_profile(hist[:, -CTX_BARS:])
-        new = sample_bars(model.gen, hist[:, -1], st.tolist(), temperature, g, ctxs[:, b], bias, model.bias_frame)
-        out[:, b] = new
-        hist = np.concatenate([hist[:, 1:], new[:, None]], 1)
+    out, ctxs = continue_passages(model, hist, st, bars, temperature=temperature, pc_bias=pc_bias, generator=g)
     return (out, st, ctxs) if contexts else (out, st)
 
 
@@ -458,6 +450,77 @@ def unigram_melodies(train: Sequence[Melody], lengths: Sequence[int], seed: int 
             for n in lengths]
 
 
+def heldout_windows(melodies: Sequence[Melody], styles: Sequence[int], every: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Primers from held-out pieces: ``(passages [N, CTX_BARS, 16], style ids [N])``, the
+    ``CTX_BARS`` bars before bar ``CTX_BARS``, ``CTX_BARS + every``, ... of each piece (so
+    a piece gives windows in proportion to its length)."""
+    pas, sty = [], []
+    for mel, s in zip(melodies, styles):
+        if not mel:
+            continue
+        bars = melody_to_bars(mel)
+        for k in range(CTX_BARS, len(bars), every):
+            pas.append(bars[k - CTX_BARS:k])
+            sty.append(int(s))
+    if not pas:
+        return np.zeros((0, CTX_BARS, STEPS), np.int64), np.zeros(0, np.int64)
+    return np.stack(pas).astype(np.int64), np.asarray(sty, np.int64)
+
+
+def continue_passages(model: LoadedGAN, passages: np.ndarray, styles: np.ndarray, bars: int, seed: int = 0,
+                      temperature: float = 1.0, pc_bias="model", generator: torch.Generator | None = None):
+    """``(tokens [N, bars, 16], tonal contexts [N, bars, 12])``: ``bars`` generated bars
+    after each passage (``[N, k, 16]``), as the plugin continues a played phrase (each bar
+    on the one before it and the tonal context of the last ``CTX_BARS`` bars, the
+    passage's own until they scroll out); ``pc_bias``: the checkpoint's unless given."""
+    g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+    bias = model.pc_bias if isinstance(pc_bias, str) else pc_bias
+    hist = np.asarray(passages, np.int64)
+    st = np.asarray(styles, np.int64).tolist()
+    out = np.zeros((len(hist), bars, STEPS), np.int64)
+    ctxs = np.zeros((len(hist), bars, 12), np.float32)
+    for b in range(bars):
+        ctxs[:, b] = pc_profile(hist[:, -CTX_BARS:])
+        out[:, b] = sample_bars(model.gen, hist[:, -1], st, temperature, g, ctxs[:, b], bias, model.bias_frame)
+        hist = np.concatenate([hist[:, 1:], out[:, b, None]], 1)
+    return out, ctxs
+
+
+def continuation_js(model: LoadedGAN, reference: Sequence[Melody], styles: Sequence[int], bars: int = 4,
+                    seed: int = 0, train: Sequence[Melody] | None = None) -> dict:
+    """The JS divergences (bits) to ``reference`` of the GAN's continuations of
+    ``reference``'s own passages (:func:`heldout_windows`, every ``bars`` bars, so the
+    continuations stand in for the rest of each piece): ``{"gan": {...}, ["unigram": {...}],
+    "passage_unigram": {...}, "windows": n, "notes": n}``; with ``train``, a unigram sampler of
+    the same note counts; ``passage_unigram`` draws each continuation's notes from the pitches
+    of the passage it continues (:func:`passage_unigram_melodies`)."""
+    from .theory import histogram_js
+
+    pas, sty = heldout_windows(reference, styles, bars)
+    if not len(pas):
+        return {"windows": 0, "bars": bars, "notes": 0}
+    mels = [bars_to_melody(t) for t in continue_passages(model, pas, sty, bars, seed)[0]]
+    res = {"gan": histogram_js(mels, reference), "windows": int(len(pas)), "bars": bars,
+           "notes": sum(len(m) for m in mels)}
+    if train is not None:
+        res["unigram"] = histogram_js(unigram_melodies(train, [len(m) for m in mels], seed=seed), reference)
+    res["passage_unigram"] = histogram_js(passage_unigram_melodies(pas, [len(m) for m in mels], seed), reference)
+    return res
+
+
+def passage_unigram_melodies(passages: np.ndarray, lengths: Sequence[int], seed: int = 0) -> list[Melody]:
+    """A context-aware baseline for continuations: for each passage (tokens ``[k, 16]``),
+    a melody of the given length whose pitches are drawn independently from that passage's
+    own onsets (sixteenth notes, back to back; nothing for a silent passage)."""
+    rng = np.random.default_rng(int(seed))
+    out = []
+    for pas, n in zip(passages, lengths):
+        pitches = [p for p, _s, _d in bars_to_melody(pas)]
+        out.append([(int(p), i * STEP_BEATS, STEP_BEATS) for i, p in enumerate(rng.choice(pitches, n))]
+                   if pitches and n else [])
+    return out
+
+
 def evaluate_js(checkpoint, dataset, count: int = 400, bars: int = 8, seed: int = 0, split: str = "test") -> dict:
     """Jensen-Shannon divergences (bits) of pitch-class and interval histograms to the
     held-out ``split`` (default ``test``): ``{"gan": {...}, "unigram": {...},
@@ -468,13 +531,14 @@ def evaluate_js(checkpoint, dataset, count: int = 400, bars: int = 8, seed: int 
     from .theory import histogram_js
 
     model = _as_loaded(checkpoint)
-    test, _, _ = split_melodies(dataset, split)
+    test, test_styles, _ = split_melodies(dataset, split)
     train, _, _ = split_melodies(dataset, "train")
     mels = generate_melodies(model, count, bars, seed=seed)
     uni = unigram_melodies(train, [len(m) for m in mels], seed=seed)
     return {"gan": histogram_js(mels, test), "unigram": histogram_js(uni, test),
             "train_split": histogram_js(train, test), "melodies": count, "bars": bars,
-            "notes": sum(len(m) for m in mels), "seed": seed, "split": split}
+            "notes": sum(len(m) for m in mels), "seed": seed, "split": split,
+            "continuation": continuation_js(model, test, test_styles, 4, seed, train)}
 
 
 # -- answering a played phrase (the plugin) ------------------------------------------------

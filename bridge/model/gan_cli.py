@@ -27,6 +27,17 @@ def register(subparsers) -> None:
     p.add_argument("--fm-weight", type=float, default=1.0, help="feature-matching weight (feature-matching objective)")
     p.add_argument("--gp", type=float, default=10.0, help="gradient-penalty weight (wgan-gp)")
     p.add_argument("--n-critic", type=int, default=3, help="critic steps per generator step (wgan-gp)")
+    p.add_argument("--transpose", type=int, default=0, metavar="N",
+                   help="augment: move each training bar, its previous bar and tonal context by a random shift "
+                        "of -N..N semitones (0: off; at most 11)")
+    p.add_argument("--tonal-weight", type=float, default=0.0,
+                   help="weight of the tonal feature-matching term of the generator (absolute and key-relative "
+                        "pitch-class profiles of a batch; 0: off)")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from the networks of a run's last.pt (fresh optimisers and epochs)")
+    p.add_argument("--select", choices=("free", "continuation"), default="free",
+                   help="validation score choosing best.pt: free (melodies from the train primers) or "
+                        "continuation (continuing the val pieces' own passages, as the plugin continues a phrase)")
     p.add_argument("--z", type=int, default=32, help="noise dimensions")
     p.add_argument("--channels", type=int, default=96, help="width of the generator and discriminator")
     p.add_argument("--cond", type=int, default=48, help="width of the previous-bar conditioner")

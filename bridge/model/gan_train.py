@@ -5,8 +5,13 @@ and an ETA, a checkpoint every epoch (``RUNDIR/last.pt`` with the optimiser stat
 
 The validation score after each epoch is the sum of the Jensen-Shannon divergences of the
 pitch-class and interval histograms of generated melodies to the ``val`` split (a GAN has
-no likelihood to select on).  ``--evaluate CHECKPOINT`` only prints the divergences of a
-checkpoint to the ``test`` split, with a unigram sampler's for comparison.
+no likelihood to select on): of melodies generated from the train primers, or with
+``--select continuation`` of continuations of the val pieces' own passages.
+``--evaluate CHECKPOINT`` only prints the divergences of a checkpoint to the ``test``
+split under both protocols, with a unigram sampler's for comparison (see docs/models.md,
+"Evaluation: two protocols").  ``--init`` warm-starts from a run's networks;
+``--transpose`` and ``--tonal-weight`` are the augmentation and the tonal feature-matching
+term measured there.
 
 ``--calibrate CHECKPOINT -o OUT.pt`` fits a per-style pitch-class logit bias to the
 **train** split without touching the networks (iterative proportional fitting: sample
@@ -74,6 +79,39 @@ def gumbel_st(logits: torch.Tensor) -> torch.Tensor:
     """Straight-through Gumbel-softmax over the class axis (1): one-hot sample forward,
     the soft sample's gradient backward."""
     return F.gumbel_softmax(logits, tau=1.0, hard=True, dim=1)
+
+
+def transpose_tokens(tokens: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Bars ``[B, 16]`` moved by ``shift`` ``[B]`` semitones (|shift| < 12), pitches folded
+    by an octave back into the range; ``HOLD`` and ``REST`` unchanged."""
+    onset = tokens < gan.N_PITCH
+    p = tokens + shift[:, None]
+    p = torch.where(p < 0, p + 12, torch.where(p >= gan.N_PITCH, p - 12, p))
+    return torch.where(onset, p, tokens)
+
+
+_PITCH_PC = torch.from_numpy(np.eye(12, dtype=np.float32)[(np.arange(gan.N_PITCH) + gan.LOW) % 12])  # [48, 12]
+
+
+def tonal_profiles(bars: torch.Tensor, tonic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bars as class weights ``[B, N_CLASSES, 16]`` (one-hot or softmax) -> the pitch-class
+    profile of their onset mass over the whole batch, absolute and counted from each bar's
+    context tonic (``[12]`` each, summing to 1)."""
+    pcs = bars[:, :gan.N_PITCH, :].sum(-1) @ _PITCH_PC  # [B, 12]
+    idx = (torch.arange(12)[None, :] + tonic[:, None]) % 12
+    rel = pcs.gather(1, idx)
+    total = pcs.sum().clamp_min(1e-6)
+    return pcs.sum(0) / total, rel.sum(0) / total
+
+
+def tonal_loss(fake_logits: torch.Tensor, real: torch.Tensor, tonic: torch.Tensor) -> torch.Tensor:
+    """Feature matching on a musical statistic: the squared distance between the batch's
+    pitch-class profiles (absolute and key-relative, :func:`tonal_profiles`) of the
+    generator's expected onsets (softmax) and of the real bars under the same conditions."""
+    fa, fr = tonal_profiles(torch.softmax(fake_logits, 1), tonic)
+    with torch.no_grad():
+        ra, rr = tonal_profiles(real, tonic)
+    return ((fa - ra) ** 2).sum() + ((fr - rr) ** 2).sum()
 
 
 def gradient_penalty(disc, real, fake, prev, style, ctx) -> torch.Tensor:
@@ -186,6 +224,8 @@ def cmd_train_gan(args) -> int:
         return cmd_calibrate(args)
     if not args.out:
         raise ValueError("train-gan needs -o RUNDIR (or --evaluate CHECKPOINT)")
+    if not 0 <= args.transpose <= 11:
+        raise ValueError(f"--transpose {args.transpose}: give 0 (off) to 11 semitones")
     torch.set_num_threads(max(1, args.threads))
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -195,12 +235,13 @@ def cmd_train_gan(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train_mels, train_styles, _ = gan.split_melodies(args.dataset, "train")
-    val_mels, _, _ = gan.split_melodies(args.dataset, "val")
+    val_mels, val_styles, _ = gan.split_melodies(args.dataset, "val")
     if not val_mels:
-        val_mels = train_mels
+        val_mels, val_styles = train_mels, train_styles
     prev_np, cur_np, sty_np, ctx_np, pas_np = bar_pairs(train_mels, train_styles)
     primers, primer_styles = primer_bank(pas_np, sty_np, PRIMERS, args.seed)
     prev_all, cur_all, sty_all, ctx_all = (torch.from_numpy(a) for a in (prev_np, cur_np, sty_np, ctx_np))
+    tonic_all = torch.from_numpy(gan.context_tonic(ctx_np))
 
     cfg = gan.GanConfig(z=args.z, ch=args.channels, cond=args.cond, n_styles=len(styles))
     start_epoch, best, history, elapsed0, train_state = 0, float("inf"), [], 0.0, None
@@ -215,6 +256,13 @@ def cmd_train_gan(args) -> int:
         if objective != args.objective:
             print(f"resuming with the run's objective {objective} (not {args.objective})", file=sys.stderr)
         args.objective = objective
+    elif args.init:
+        init = gan.load(args.init)
+        if init.disc is None:
+            raise ValueError(f"{args.init} has no discriminator to start from (use a run's last.pt)")
+        gen, disc, cfg = init.gen.float(), init.disc.float(), init.gen.cfg
+        primers, primer_styles = init.primers.astype(np.uint8), init.primer_styles
+        print(f"starting from the networks of {args.init}", file=sys.stderr)
     else:
         gen, disc = gan.BarGenerator(cfg), gan.BarDiscriminator(cfg)
     betas = (0.5, 0.999) if args.objective == "feature-matching" else (0.5, 0.9)
@@ -249,7 +297,13 @@ def cmd_train_gan(args) -> int:
         d_run = g_run = 0.0
         for i in range(steps):
             idx = perm[i * bs:(i + 1) * bs] if (i + 1) * bs <= n else perm[-bs:]
-            real, prev, sty, ctx = gan.one_hot(cur_all[idx]), gan.one_hot(prev_all[idx]), sty_all[idx], ctx_all[idx]
+            cur, prv, ctx, tonic = cur_all[idx], prev_all[idx], ctx_all[idx], tonic_all[idx]
+            if args.transpose:  # the same shift for the bar, its previous bar and its tonal context
+                shift = torch.randint(-args.transpose, args.transpose + 1, (len(idx),))
+                cur, prv = transpose_tokens(cur, shift), transpose_tokens(prv, shift)
+                ctx = ctx.gather(1, (torch.arange(12)[None, :] - shift[:, None]) % 12)
+                tonic = (tonic + shift) % 12
+            real, prev, sty = gan.one_hot(cur), gan.one_hot(prv), sty_all[idx]
             # -- discriminator / critic
             for _ in range(args.n_critic if args.objective == "wgan-gp" else 1):
                 z = torch.randn(len(idx), cfg.z)
@@ -268,7 +322,8 @@ def cmd_train_gan(args) -> int:
                 opt_d.step()
             # -- generator
             z = torch.randn(len(idx), cfg.z)
-            fake = gumbel_st(gen(z, sty, prev, ctx))
+            logits = gen(z, sty, prev, ctx)
+            fake = gumbel_st(logits)
             s_fake, f_fake = disc(fake, prev, sty, ctx)
             if args.objective == "wgan-gp":
                 g_loss = -s_fake.mean()
@@ -277,6 +332,8 @@ def cmd_train_gan(args) -> int:
                     _, f_real = disc(real, prev, sty, ctx)
                 fm = ((f_real.mean(0) - f_fake.mean(0)) ** 2).sum()
                 g_loss = F.binary_cross_entropy_with_logits(s_fake, torch.ones_like(s_fake)) + args.fm_weight * fm
+            if args.tonal_weight:
+                g_loss = g_loss + args.tonal_weight * tonal_loss(logits, real, tonic)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
@@ -288,7 +345,10 @@ def cmd_train_gan(args) -> int:
         bar.update(steps, f"D {d_run:+.3f} G {g_run:+.3f}", force=True)
         gen.eval(), disc.eval()
         model = gan.LoadedGAN(gen, dict(base_meta, styles=styles), primers.astype(np.int64), primer_styles)
-        js = js_score(model, val_mels, args.val_count, 4, seed=epoch)
+        js = gan.continuation_js(model, val_mels, val_styles, 4, seed=epoch).get("gan") \
+            if args.select == "continuation" else None
+        if js is None:  # free generation (or val pieces too short to continue)
+            js = js_score(model, val_mels, args.val_count, 4, seed=epoch)
         score = js["pitch_class"] + js["interval"]
         improved = score < best
         best = min(best, score)

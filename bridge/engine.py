@@ -207,10 +207,7 @@ class Engine(ctl_mod.LiveControls):
             self._warn_once("malformed", f"ignored malformed MIDI input ({e}); "
                                          "check the device or the routing (counted in stats)")
             return
-        # The note-off of a key the player holds is never taken for an echo: that would
-        # leave the note (and what the bridge plays with it) hanging.
-        if not (msg[0] & 0xF0 == midi.NOTE_OFF and (msg[0] & 0x0F, msg[1]) in self.held) \
-                and self.guard.is_echo(msg, t):
+        if not (self.held and self._releases_held(msg)) and self.guard.is_echo(msg, t):
             self.stats["echoes"] += 1
             self._warn_once("echo", "the bridge's own output is coming back on its input "
                                     "(feedback loop: do not route 'out' back to 'in'); echoes are ignored")
@@ -254,6 +251,17 @@ class Engine(ctl_mod.LiveControls):
                 self.sched.message(now, self._thru_remap(msg), THRU)
         self._after_calls()
         self.sched.pump(now)
+
+    def _releases_held(self, msg: tuple[int, ...]) -> bool:
+        """The note-off of a key the player holds, or All Notes / All Sound Off on a channel
+        where the player holds keys: never taken for an echo.  Dropping it would leave the
+        note (and what the bridge plays with it) hanging, or the phrase open for ever; a
+        DAW's panic sends CC123 on every channel at once, just after the bridge has passed
+        the first ones through to its own output."""
+        kind, ch = msg[0] & 0xF0, msg[0] & 0x0F
+        if kind == midi.NOTE_OFF:
+            return (ch, msg[1]) in self.held
+        return kind == midi.CONTROL and (msg[1] == 123 or msg[1] == 120) and any(k[0] == ch for k in self.held)
 
     def _system(self, t: int, now: int, msg: tuple[int, ...]) -> None:
         """MIDI clock and transport (timed by arrival, ``t``)."""

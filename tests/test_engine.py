@@ -974,3 +974,24 @@ def test_a_players_note_off_equal_to_one_the_bridge_just_sent_is_not_taken_for_a
     rig.off(5, 60)   # within the feedback window of the bridge's own note-off (0x80, 60, 0)
     assert not unmatched(rig.msgs())
     assert rig.engine.stats["echoes"] == 0
+
+
+def test_a_daw_panic_on_every_channel_releases_lost_keys_even_on_the_output_channel():
+    """A DAW's panic sends CC123 on all 16 channels at once.  The bridge passes the first
+    ones through to its output channel, so the player's CC123 on that channel arrives
+    within the feedback window of the bridge's own: it must still release the keys whose
+    note-offs were lost there, or the phrase stays open and the bridge never answers."""
+    rig = Rig({"m": Melody}, engine={"mode": "continue", "output_channel": 16},
+              thru={"enabled": True, "channel": 16}, phrase={"silence_ms": 300})
+    rig.on(0, 60, ch=15)
+    rig.on(10, 62, ch=0)     # both note-offs lost
+    for ch in range(16):
+        rig.send(500, 0xB0 | ch, CC123, 0)
+    assert not rig.engine.held
+    rig.advance(1500)
+    assert rig.engine.stats["answers"] == 1, "the phrase ended and was answered"
+    # with no key held there, the bridge's own CC123 coming back is still an echo
+    rig.send(1500, 0xBF, CC123, 0)   # passed through: the bridge sends CC123 on channel 16
+    before = rig.engine.stats["echoes"]
+    rig.send(1501, 0xBF, CC123, 0)
+    assert rig.engine.stats["echoes"] == before + 1

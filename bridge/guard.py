@@ -4,8 +4,9 @@ A routing mistake (a DAW track monitoring "All Ins", the output port wired to th
 sends every generated note straight back in, where it would be answered again: a
 runaway loop.  The guard remembers what was sent in the last ``window_ns`` and drops an
 identical message arriving within that window, once per copy sent (as Notochord does
-with a 30 ms window).  The engine never drops the note-off of a key the player holds, even
-when it equals one the bridge just sent: losing it would leave a note hanging.  Work per
+with a 30 ms window).  The engine never drops the note-off of a key the player holds, nor
+All Notes / All Sound Off on a channel where the player holds keys, even when it equals
+what the bridge just sent: losing it would leave a note hanging or the phrase open.  Work per
 message is amortised O(1); memory is bounded by what was sent within one window (older
 entries are forgotten as new messages go out), not by the length of the session.
 """

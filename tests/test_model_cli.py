@@ -56,3 +56,8 @@ def test_bench_model_json(tmp_path, capsys):
     assert default[0]["event_100_us"] > 0 and default[0]["event_400_us"] > 0
     for r in rows:
         assert r["event_p99_us"] >= r["event_p50_us"] > 0 and r["device"] == "cpu"
+    g = res["gan"]  # the shipped GAN's answer bar
+    assert g["checkpoint"].endswith("gan.pt") and g["bar_p99_us"] >= g["bar_p50_us"] > 0 and g["bars"] == 300
+    assert model_cli(["bench", "model", "--json", "--checkpoint", str(tmp_path / "m.pt"), "--events", "5",
+                      "--long", "0", "--device", "cpu", "--gan", "none"]) == 0
+    assert "gan" not in json.loads(capsys.readouterr().out)

@@ -6,7 +6,11 @@ Rows: ``kind hidden layers device event_p50_us event_p99_us`` (+ ``default: true
 the shipped model's row, which uses its real weights; the others use random weights).
 The shipped row also runs one session of ``--long`` events and reports the median cost of
 the 500 events from event 100 on and of the last 500 (``event_100_us``,
-``event_100000_us``), and the process's resident memory at event 100 and at the end.  A benchmark, not a timed test.
+``event_100000_us``), and the process's resident memory at event 100 and at the end.
+``gan`` (when a GAN checkpoint is found, ``--gan``, default the shipped ``gan.pt``): the
+cost of one answer *bar* of the conditional GAN on one CPU thread, sampled as the ``gan``
+plugin does when the engine pulls past the previous bar (``bar_p50_us``, ``bar_p99_us``).
+A benchmark, not a timed test.
 """
 
 from __future__ import annotations
@@ -95,6 +99,35 @@ def _row(kind, hidden, layers, device, times, **extra) -> dict:
     return row
 
 
+def gan_row(path, n: int = 300, warm: int = 20) -> dict | None:
+    """Per-bar cost of the GAN's continuation (``continue_bars``, the plugin's sampler)."""
+    from . import gan
+
+    if path is None:
+        from bridge.plugin import PluginError
+        from plugins.rnn import resolve_model_path
+
+        try:
+            path = resolve_model_path("gan.pt")
+        except PluginError:  # not shipped with this install
+            return None
+    model = gan.load(path)
+    history = gan.melody_to_bars([(60 + (2 * i) % 12, i * 0.5, 0.5) for i in range(32)], gan.CTX_BARS)
+    bars = gan.continue_bars(model.gen, history, 0, 1.0, torch.Generator().manual_seed(0), model.pc_bias,
+                             model.bias_frame)
+    out = np.empty(n)
+    clock = time.perf_counter
+    for i in range(-warm, n):
+        t0 = clock()
+        next(bars)
+        if i >= 0:
+            out[i] = clock() - t0
+    us = out * 1e6
+    return {"checkpoint": str(path), "device": "cpu", "bars": n,
+            "bar_p50_us": round(float(np.percentile(us, 50)), 1),
+            "bar_p99_us": round(float(np.percentile(us, 99)), 1)}
+
+
 def notochord_row(n: int) -> dict | None:
     """Notochord's default model (random weights) feed + query, if the package is installed."""
     try:
@@ -119,7 +152,7 @@ def notochord_row(n: int) -> dict | None:
 
 
 def run(checkpoint_path=None, events=2000, long=100_000, devices=("cpu",), int8=False, notochord=False,
-        log=None) -> dict:
+        log=None, gan_path=None) -> dict:
     from . import checkpoint
 
     torch.set_num_threads(1)
@@ -165,6 +198,8 @@ def run(checkpoint_path=None, events=2000, long=100_000, devices=("cpu",), int8=
               "checkpoint": str(checkpoint_path), "rows": rows}
     if notochord:
         result["notochord"] = notochord_row(min(events, 500))
+    if gan_path != "none":
+        result["gan"] = gan_row(gan_path)
     return result
 
 
@@ -177,7 +212,7 @@ def cmd_bench(args) -> int:
         print("error: no CUDA device", file=sys.stderr)
         return 2
     res = run(args.checkpoint, args.events, args.long, devices, args.int8, args.notochord,
-              log=None if args.json else (lambda m: print(m, file=sys.stderr)))
+              log=None if args.json else (lambda m: print(m, file=sys.stderr)), gan_path=args.gan)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -191,4 +226,7 @@ def cmd_bench(args) -> int:
     if res.get("notochord"):
         n = res["notochord"]
         print(f"notochord feed+query: p50 {n['event_p50_us']} us, p99 {n['event_p99_us']} us")
+    if res.get("gan"):
+        g = res["gan"]
+        print(f"gan, one answer bar: p50 {g['bar_p50_us']} us, p99 {g['bar_p99_us']} us")
     return 0

@@ -119,6 +119,8 @@ def register(subparsers) -> None:
     b.add_argument("--device", default="all", help="cpu, cuda, or all available")
     b.add_argument("--int8", action="store_true", help="also rows with int8 weights")
     b.add_argument("--notochord", action="store_true", help="also time notochord's feed+query if installed")
+    b.add_argument("--gan", help="the GAN checkpoint whose answer bar is timed (default: the shipped gan.pt; "
+                                 "'none': skip)")
     b.set_defaults(func=_run("bench", "cmd_bench"))
     from bridge.bench.cli import register as register_live
     register_live(sub)

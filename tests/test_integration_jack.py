@@ -177,6 +177,28 @@ def test_accompany_mode_notes_follow_the_played_note(start_bridge, driver):
 
 
 @pytest.mark.jack
+@pytest.mark.parametrize("mode, generator", [("continue", "gan"), ("accompany", "rnn")])
+def test_the_shipped_networks_play_through_jack(start_bridge, driver, mode, generator):
+    """The conditional GAN answers a phrase and the RNN harmonizer accompanies a held note,
+    with their shipped checkpoints, and every note they start ends."""
+    bridge = start_bridge("--mode", mode, "--generator", generator, "--no-tui")
+    midi = driver(bridge)
+    if mode == "continue":
+        play_phrase(midi, [62, 64, 66, 67, 69, 71])
+        midi.wait_for(lambda ms: note_ons(ms), timeout=10, what=f"a {generator} continuation")
+        time.sleep(MAX_BEATS * 60 / BPM + 1.0)
+    else:
+        midi.note_on(67, 100, PLAYER_CH)
+        midi.wait_for(lambda ms: note_ons(ms), timeout=5, what=f"{generator} accompaniment")
+        time.sleep(0.3)
+        midi.note_off(67, PLAYER_CH)
+    got = midi.wait_for(lambda ms: not unmatched_note_ons(ms), timeout=5, what="every note to end")
+    assert 1 <= len(note_ons(got)) <= (MAX_NOTES if mode == "continue" else 8)
+    assert bridge.terminate(signal.SIGTERM) == 0, bridge.output
+    assert "Traceback" not in bridge.output, bridge.output
+
+
+@pytest.mark.jack
 def test_thru_mode_passes_notes_unchanged(start_bridge, driver):
     bridge = start_bridge("--mode", "thru", config={**CONFIG, "thru": {"enabled": True, "channel": "same"}})
     midi = driver(bridge)
@@ -275,7 +297,7 @@ def test_a_pad_rates_the_last_answer_into_the_ratings_file(start_bridge, driver,
 
 def test_builtin_generators_load():
     listing = plugins_json()
-    for name in ("markov", "harmony"):
+    for name in ("markov", "harmony", "rnn", "gan"):
         assert listing.get(name, {}).get("status") == "ok", listing.get(name)
 
 

@@ -129,3 +129,9 @@ def test_graph_stepper_on_cuda():
     for ev in piece(24).tolist():
         assert b.log_prob(ev) == pytest.approx(a.log_prob(ev), abs=1e-3)
         a.feed(ev), b.feed(ev)
+    # played notes in a row: feeds with no read of the logits in between (the pinned host
+    # buffer must not be rewritten before its asynchronous upload has run)
+    evs = piece(40).tolist()
+    for ev in evs[:-1]:
+        a.feed(ev), b.feed(ev)
+    assert b.log_prob(evs[-1]) == pytest.approx(a.log_prob(evs[-1]), abs=1e-3)

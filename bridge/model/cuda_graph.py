@@ -43,6 +43,10 @@ class GraphedStepper(Stepper):
             self.host_prefix = torch.zeros(max(1, F - 1), dtype=torch.long, pin_memory=self.device.type == "cuda")
             self.logits = [torch.zeros(s, device=dev) for s in self.sizes]
             self.gate_s = torch.zeros((), device=dev)
+        # The host buffers are pinned and copied asynchronously: before one is written
+        # again, the copy that reads it must have run (two played notes in a row are two
+        # feeds with no sampled token, so no read of the logits, in between).
+        self._uploaded = torch.cuda.Event() if self.device.type == "cuda" else None
         self.graphs = None
         if graphs:
             self._capture()
@@ -87,10 +91,21 @@ class GraphedStepper(Stepper):
         self.restore(snap)
 
     # -- host side ----------------------------------------------------------------------
+    def _upload(self, host: torch.Tensor, dev: torch.Tensor) -> None:
+        dev.copy_(host, non_blocking=True)
+        if self._uploaded is not None:
+            self._uploaded.record()
+
+    def _host_free(self) -> None:
+        """Wait (if at all) for the last upload to have read its host buffer."""
+        if self._uploaded is not None:
+            self._uploaded.synchronize()
+
     def _run_step(self, rows) -> torch.Tensor:
         with torch.inference_mode():
+            self._host_free()
             self.host_idx[: len(rows)] = torch.as_tensor([int(r) for r in rows], dtype=torch.long)
-            self.idx.copy_(self.host_idx, non_blocking=True)
+            self._upload(self.host_idx, self.idx)
             if self.graphs:
                 self.graphs[0].replay()
             else:
@@ -127,9 +142,10 @@ class GraphedStepper(Stepper):
     def field_logits(self, k: int, prefix) -> torch.Tensor:
         if k:
             with torch.inference_mode():
+                self._host_free()
                 for j in range(k):
                     self.host_prefix[j] = int(self.off_cond[j]) + int(prefix[j])
-                self.prefix.copy_(self.host_prefix, non_blocking=True)
+                self._upload(self.host_prefix, self.prefix)
                 if self.graphs:
                     self.graphs[k].replay()
                 else:

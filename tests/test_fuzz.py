@@ -461,16 +461,22 @@ bytes_lists = st.lists(st.integers(0, 255), max_size=8)
 @given(seed=st.integers(0, 2**32 - 1), combo=st.sampled_from(COMBOS),
        extra=st.lists(bytes_lists, max_size=40))
 def test_fuzzed_streams_never_crash_never_leave_a_note_and_count_every_event(seed, combo, extra):
+    rig, drv = run_scenario(combo, seed, extra, max_sections=8)
+    assert rig.engine.stats["malformed"] == drv.malformed
+    check_after_stop(rig)
+
+
+def run_scenario(combo, seed: int, extra, max_sections: int, plugins=None) -> tuple[Rig, "Driver"]:
+    """A randomised rig for ``combo`` (mode, generator) driven through a random
+    :func:`scenario`; every event of it is counted."""
     r = random.Random(seed)
     mode, gen = combo
-    rig = make_rig(mode, gen, seed, r)
-    stream = scenario(r, extra, sections=r.randrange(3, 9))
+    rig = make_rig(mode, gen, seed, r, plugins=plugins)
+    stream = scenario(r, extra, sections=r.randrange(3, max_sections + 1))
     drv = Driver(rig, r)
     drv.run(stream)
-    st_ = rig.engine.stats
-    assert st_["events_in"] == drv.handled == len(stream)
-    assert st_["malformed"] == drv.malformed
-    check_after_stop(rig)
+    assert rig.engine.stats["events_in"] == drv.handled == len(stream)
+    return rig, drv
 
 
 def model_plugins() -> dict[str, type]:
@@ -488,14 +494,9 @@ def model_plugins() -> dict[str, type]:
 def test_fuzzed_streams_through_the_shipped_model_generators(seed, combo, extra):
     """The same streams through the trained networks that ship (program changes swap
     between rnn, gan and markov): no crash, every event counted, no note left."""
-    r = random.Random(seed)
     mode, gen = combo
-    rig = make_rig(mode, gen, seed, r, plugins=model_plugins())
-    stream = scenario(r, extra, sections=r.randrange(3, 7))
-    drv = Driver(rig, r)
-    drv.run(stream)
+    rig, drv = run_scenario(combo, seed, extra, max_sections=6, plugins=model_plugins())
     st_ = rig.engine.stats
-    assert st_["events_in"] == drv.handled == len(stream)
     # then, on the generator under test, a clean phrase on channel 1 and 3 s of silence:
     # the network still answers (or accompanies) after all that.  Keys whose note-off the
     # stream lost are released as a player would, by All Notes Off on their channels (after

@@ -341,7 +341,8 @@ def test_calibration_moves_pitch_classes_towards_target(tmp_path):
 
 
 def test_transposition_and_tonal_feature_matching():
-    from bridge.model.gan_train import tonal_loss, tonal_profiles, transpose_tokens
+    from bridge.model.gan import transpose_tokens
+    from bridge.model.gan_train import tonal_loss, tonal_profiles
 
     c_major = gan.melody_to_bars([(60, 0, 1), (64, 1, 1), (67, 2, 1), (95, 3, 1)], 1)
     toks = torch.as_tensor(np.concatenate([c_major, c_major]))
@@ -402,5 +403,42 @@ def test_train_gan_warm_start_with_augmentation(tmp_path, capsys):
     assert meta["train_args"]["transpose"] == 5 and meta["train_args"]["tonal_weight"] == 10
     assert main(common + ["-o", str(tmp_path / "c"), "--transpose", "12"]) == 2
     assert "--transpose 12" in capsys.readouterr().err
+    assert main(common + ["-o", str(tmp_path / "k"), "--key-normalise", "--select", "continuation"]) == 0
+    assert "moved to C" in capsys.readouterr().err
+    assert isinstance(gan.load(tmp_path / "k" / "best.pt").gen, gan.KeyNormalised)
+    assert main(common + ["-o", str(tmp_path / "k"), "--epochs", "2", "--resume"]) == 0  # stays key-normalised
+    assert json.loads(torch.load(tmp_path / "k" / "last.pt", weights_only=True)["meta"])["key_normalised"] is True
+    capsys.readouterr()
+    assert main(common + ["-o", str(tmp_path / "x"), "--key-normalise", "--transpose", "3"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
     assert main(common + ["-o", str(tmp_path / "d"), "--init", str(tmp_path / "a" / "best.pt")]) == 2
     assert "no discriminator" in capsys.readouterr().err
+
+
+def test_key_normalised_generator_is_transposition_equivariant(tmp_path):
+    """A key-normalised generator answers a passage in D as it answers the same passage in
+    C, a whole tone up; stored as its network, it loads wrapped again."""
+    torch.manual_seed(0)
+    inner = gan.BarGenerator(gan.GanConfig(**TINY)).eval()
+    kn = gan.KeyNormalised(inner).eval()
+    c_major = gan.melody_to_bars([(60 + d, i * 0.5, 0.5) for i, d in enumerate([0, 2, 4, 5, 7, 9, 11, 12])], 1)
+    prev_c = torch.as_tensor(c_major)
+    ctx_c = torch.as_tensor(gan.pc_profile(c_major[None]))
+    prev_d = gan.transpose_tokens(prev_c, torch.tensor([2]))
+    ctx_d = torch.roll(ctx_c, 2, 1)
+    assert list(gan.context_tonic(ctx_c.numpy())) == [0] and list(gan.context_tonic(ctx_d.numpy())) == [2]
+    z, style = torch.randn(1, inner.cfg.z), torch.tensor([1])
+    with torch.no_grad():
+        out_c = kn(z, style, gan.one_hot(prev_c), ctx_c)
+        out_d = kn(z, style, gan.one_hot(prev_d), ctx_d)
+        plain = inner(z, style, gan.one_hot(prev_c), ctx_c)
+    assert torch.allclose(out_c, plain)  # a passage in C is not moved
+    assert torch.allclose(out_d[:, 2:gan.N_PITCH], out_c[:, :gan.N_PITCH - 2], atol=1e-6)  # pitches a tone up
+    assert torch.allclose(out_d[:, gan.N_PITCH:], out_c[:, gan.N_PITCH:], atol=1e-6)  # HOLD, REST
+    assert list(gan.tonic_shift([0, 2, 5, 6, 7, 11])) == [0, 2, 5, -6, -5, -1]
+    gan.save(tmp_path / "k.pt", kn, {"styles": ["chorale", "folk"], "key_normalised": True},
+             np.tile(c_major, (1, gan.CTX_BARS, 1)), np.array([1]))
+    loaded = gan.load(tmp_path / "k.pt")
+    assert isinstance(loaded.gen, gan.KeyNormalised) and "inner.fc.weight" not in torch.load(
+        tmp_path / "k.pt", weights_only=True)["generator"]
+    check_melody(gan.generate_melodies(loaded, 2, bars=2)[0], 2)

@@ -266,6 +266,51 @@ class BarGenerator(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def tonic_shift(tonic) -> np.ndarray:
+    """Tonics (0..11) -> the transposition (-6..5 semitones) that takes each to C."""
+    t = np.asarray(tonic, dtype=np.int64) % 12
+    return np.where(t > 5, t - 12, t)
+
+
+def transpose_tokens(tokens: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Bars ``[B, 16]`` moved by ``shift`` ``[B]`` semitones (|shift| < 12), pitches folded
+    by an octave back into the range; ``HOLD`` and ``REST`` unchanged."""
+    onset = tokens < N_PITCH
+    p = tokens + shift[:, None]
+    p = torch.where(p < 0, p + 12, torch.where(p >= N_PITCH, p - 12, p))
+    return torch.where(onset, p, tokens)
+
+
+class KeyNormalised(nn.Module):
+    """A generator trained on bars moved to C (each by the tonic of its tonal context,
+    ``train-gan --key-normalise``), used in absolute pitch: the previous bar and the
+    context are moved to C, the network runs, and its pitch logits are moved back.  The
+    sampling code, the calibration and the plugin see an ordinary generator."""
+
+    def __init__(self, inner: BarGenerator):
+        super().__init__()
+        self.inner = inner
+        self.cfg = inner.cfg
+        q = np.arange(N_PITCH)
+        #: _pitch_index[s + 6, p]: the normalised pitch whose logit absolute pitch p takes
+        #: under shift s (folded by an octave at the edges of the range)
+        self._pitch_index = torch.from_numpy(np.stack([(q - s) % 12 + 12 * np.clip((q - s) // 12, 0, N_PITCH // 12 - 1)
+                                                       for s in range(-6, 6)]))
+
+    def n_params(self) -> int:
+        return self.inner.n_params()
+
+    def forward(self, z, style, prev, ctx):
+        shift = torch.from_numpy(tonic_shift(context_tonic(ctx.detach().cpu().numpy())))
+        # to C, exactly as the training data was moved (the previous bar is one-hot)
+        prev_n = one_hot(transpose_tokens(prev.argmax(1), -shift))
+        ctx_n = ctx.gather(1, (torch.arange(12)[None, :] + shift[:, None]) % 12)
+        out = self.inner(z, style, prev_n, ctx_n)
+        rows = self._pitch_index[shift + 6]  # [B, N_PITCH]: back from C
+        pitch = out[:, :N_PITCH].gather(1, rows[:, :, None].expand(-1, -1, out.shape[2]))
+        return torch.cat([pitch, out[:, N_PITCH:]], 1)
+
+
 class BarDiscriminator(nn.Module):
     """``(bar, previous bar, style, tonal context)`` -> ``(score [B], features [B, F])``; a projection
     discriminator for the style, no batch statistics (so WGAN-GP's penalty is per sample)."""
@@ -296,6 +341,7 @@ def save(path, gen: BarGenerator, meta: dict, primers: np.ndarray, primer_styles
         return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
                 for k, v in m.state_dict().items()}
 
+    gen = getattr(gen, "inner", gen)  # a KeyNormalised generator is stored as its network
     full = dict(meta)
     full.update({"gan_version": GAN_VERSION, "config": gen.cfg.to_dict(), "low": LOW, "n_pitch": N_PITCH,
                  "steps": STEPS, "bar_beats": BAR_BEATS, "ctx_bars": CTX_BARS})
@@ -355,7 +401,10 @@ def load(path) -> LoadedGAN:
     bias = blob.get("pc_bias")
     if bias is not None:
         bias = bias.float().reshape(-1, 12).numpy()
-    return LoadedGAN(gen.eval(), meta, blob["primers"].long().numpy(), blob["primer_styles"].numpy(),
+    gen = gen.eval()
+    if meta.get("key_normalised"):
+        gen = KeyNormalised(gen).eval()
+    return LoadedGAN(gen, meta, blob["primers"].long().numpy(), blob["primer_styles"].numpy(),
                      disc, blob.get("train"), bias)
 
 

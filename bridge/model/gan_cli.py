@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--transpose", type=int, default=0, metavar="N",
                    help="augment: move each training bar, its previous bar and tonal context by a random shift "
                         "of -N..N semitones (0: off; at most 11)")
+    p.add_argument("--key-normalise", action="store_true",
+                   help="train on bars moved to C by the tonic of their tonal context; sampling moves them back")
     p.add_argument("--tonal-weight", type=float, default=0.0,
                    help="weight of the tonal feature-matching term of the generator (absolute and key-relative "
                         "pitch-class profiles of a batch; 0: off)")

@@ -81,15 +81,6 @@ def gumbel_st(logits: torch.Tensor) -> torch.Tensor:
     return F.gumbel_softmax(logits, tau=1.0, hard=True, dim=1)
 
 
-def transpose_tokens(tokens: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Bars ``[B, 16]`` moved by ``shift`` ``[B]`` semitones (|shift| < 12), pitches folded
-    by an octave back into the range; ``HOLD`` and ``REST`` unchanged."""
-    onset = tokens < gan.N_PITCH
-    p = tokens + shift[:, None]
-    p = torch.where(p < 0, p + 12, torch.where(p >= gan.N_PITCH, p - 12, p))
-    return torch.where(onset, p, tokens)
-
-
 _PITCH_PC = torch.from_numpy(np.eye(12, dtype=np.float32)[(np.arange(gan.N_PITCH) + gan.LOW) % 12])  # [48, 12]
 
 
@@ -226,6 +217,8 @@ def cmd_train_gan(args) -> int:
         raise ValueError("train-gan needs -o RUNDIR (or --evaluate CHECKPOINT)")
     if not 0 <= args.transpose <= 11:
         raise ValueError(f"--transpose {args.transpose}: give 0 (off) to 11 semitones")
+    if args.transpose and args.key_normalise:
+        raise ValueError("--transpose and --key-normalise exclude each other: a key-normalised bar is always in C")
     torch.set_num_threads(max(1, args.threads))
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -249,7 +242,8 @@ def cmd_train_gan(args) -> int:
         loaded = gan.load(out / "last.pt")
         if loaded.disc is None or loaded.train is None:
             raise ValueError(f"{out / 'last.pt'} has no training state to resume from")
-        gen, disc, cfg = loaded.gen, loaded.disc, loaded.gen.cfg
+        gen, disc, cfg = getattr(loaded.gen, "inner", loaded.gen), loaded.disc, loaded.gen.cfg
+        args.key_normalise = bool(loaded.meta.get("key_normalised", False))  # the run's, as its objective
         primers, primer_styles = loaded.primers.astype(np.uint8), loaded.primer_styles
         train_state = loaded.train
         objective = loaded.meta.get("objective", args.objective)
@@ -260,7 +254,7 @@ def cmd_train_gan(args) -> int:
         init = gan.load(args.init)
         if init.disc is None:
             raise ValueError(f"{args.init} has no discriminator to start from (use a run's last.pt)")
-        gen, disc, cfg = init.gen.float(), init.disc.float(), init.gen.cfg
+        gen, disc, cfg = getattr(init.gen, "inner", init.gen).float(), init.disc.float(), init.gen.cfg
         primers, primer_styles = init.primers.astype(np.uint8), init.primer_styles
         print(f"starting from the networks of {args.init}", file=sys.stderr)
     else:
@@ -281,7 +275,10 @@ def cmd_train_gan(args) -> int:
     print(f"gan ({args.objective}): generator {gen.n_params():,} parameters, discriminator "
           f"{sum(p.numel() for p in disc.parameters()):,}; {n:,} train bars, {len(val_mels)} val pieces; "
           f"styles {', '.join(styles)}", file=sys.stderr)
+    if args.key_normalise:
+        print("key-normalised: each bar is moved to C by the tonic of its tonal context", file=sys.stderr)
     base_meta = {"dataset_hash": meta["dataset_hash"], "styles": styles, "objective": args.objective,
+                 "key_normalised": bool(args.key_normalise),
                  "command": " ".join(sys.argv[1:]) if args.record_command else "", "seed": args.seed,
                  "train_args": {k: v for k, v in vars(args).items()
                                 if isinstance(v, (int, float, str, bool)) and k != "func"}}
@@ -298,9 +295,13 @@ def cmd_train_gan(args) -> int:
         for i in range(steps):
             idx = perm[i * bs:(i + 1) * bs] if (i + 1) * bs <= n else perm[-bs:]
             cur, prv, ctx, tonic = cur_all[idx], prev_all[idx], ctx_all[idx], tonic_all[idx]
-            if args.transpose:  # the same shift for the bar, its previous bar and its tonal context
+            shift = None
+            if args.key_normalise:  # every bar moved to C by the tonic of its tonal context
+                shift = -torch.from_numpy(gan.tonic_shift(tonic.numpy()))
+            elif args.transpose:
                 shift = torch.randint(-args.transpose, args.transpose + 1, (len(idx),))
-                cur, prv = transpose_tokens(cur, shift), transpose_tokens(prv, shift)
+            if shift is not None:  # the same shift for the bar, its previous bar and its tonal context
+                cur, prv = gan.transpose_tokens(cur, shift), gan.transpose_tokens(prv, shift)
                 ctx = ctx.gather(1, (torch.arange(12)[None, :] - shift[:, None]) % 12)
                 tonic = (tonic + shift) % 12
             real, prev, sty = gan.one_hot(cur), gan.one_hot(prv), sty_all[idx]
@@ -344,7 +345,8 @@ def cmd_train_gan(args) -> int:
                 break
         bar.update(steps, f"D {d_run:+.3f} G {g_run:+.3f}", force=True)
         gen.eval(), disc.eval()
-        model = gan.LoadedGAN(gen, dict(base_meta, styles=styles), primers.astype(np.int64), primer_styles)
+        model = gan.LoadedGAN(gan.KeyNormalised(gen) if args.key_normalise else gen, dict(base_meta, styles=styles),
+                              primers.astype(np.int64), primer_styles)
         js = gan.continuation_js(model, val_mels, val_styles, 4, seed=epoch).get("gan") \
             if args.select == "continuation" else None
         if js is None:  # free generation (or val pieces too short to continue)

@@ -160,17 +160,25 @@ def pc_profile(bars) -> np.ndarray:
 def context_tonic(ctx) -> np.ndarray:
     """Tonal contexts ``[B, 12]`` -> the tonic ``[B]`` (0..11) of the best-correlated
     Krumhansl-Kessler major or minor key profile (0 for a silent context)."""
-    from .theory import KK_MAJOR, KK_MINOR
-
     c = np.asarray(ctx, dtype=np.float64).reshape(-1, 12)
-    prof = np.stack([np.roll(np.asarray(kk, np.float64), t) for kk in (KK_MAJOR, KK_MINOR) for t in range(12)])
-    prof = prof - prof.mean(1, keepdims=True)
-    cc = c - c.mean(1, keepdims=True)
-    corr = cc @ prof.T  # [B, 24]; a profile's norm is the same for every key of a mode
-    corr[:, :12] /= np.linalg.norm(prof[0])
-    corr[:, 12:] /= np.linalg.norm(prof[12])
+    corr = (c - c.mean(1, keepdims=True)) @ _key_profiles()  # [B, 24]
     tonic = corr.argmax(1) % 12
     return np.where(c.sum(1) > 0, tonic, 0).astype(np.int64)
+
+
+_KEYS: list[np.ndarray] = []
+
+
+def _key_profiles() -> np.ndarray:
+    """``[12, 24]``: the 12 major then the 12 minor Krumhansl-Kessler profiles, centred and
+    scaled to unit norm (computed once; the sampler asks per bar)."""
+    if not _KEYS:
+        from .theory import KK_MAJOR, KK_MINOR
+
+        prof = np.stack([np.roll(np.asarray(kk, np.float64), t) for kk in (KK_MAJOR, KK_MINOR) for t in range(12)])
+        prof = prof - prof.mean(1, keepdims=True)
+        _KEYS.append((prof / np.linalg.norm(prof, axis=1, keepdims=True)).T.copy())
+    return _KEYS[0]
 
 
 _PITCH_PC = (np.arange(N_PITCH) + LOW) % 12

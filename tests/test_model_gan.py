@@ -378,6 +378,11 @@ def test_continuation_of_heldout_passages(tmp_path):
     assert (toks == gan.continue_passages(model, pas, sty, 2, seed=3)[0]).all()
     res = gan.continuation_js(model, pieces, [1, 0, 1], bars=4, seed=0, train=pieces)
     assert res["windows"] == 3 and res["notes"] > 0
+    for prof in res["key_profile"].values():
+        assert len(prof) == 12 and sum(prof) == pytest.approx(1, abs=1e-3)
+    # degrees counted from each passage's tonic: D major bars in D put D on degree 0
+    d_major = gan.melody_to_bars([(62, 0, 1), (66, 1, 1), (69, 2, 1), (74, 3, 1)], 1)[None]
+    assert gan.key_profile(d_major, [2]) == [0.5, 0, 0, 0, 0.25, 0, 0, 0.25, 0, 0, 0, 0]
     assert set(res["gan"]) == set(res["unigram"]) == set(res["passage_unigram"]) == {"pitch_class", "interval"}
     assert gan.continuation_js(model, pieces[2:], [1], bars=4) == {"windows": 0, "bars": 4, "notes": 0}
     # the passage baseline draws only the pitches of the passage it continues

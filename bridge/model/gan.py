@@ -548,7 +548,8 @@ def continuation_js(model: LoadedGAN, reference: Sequence[Melody], styles: Seque
     """The JS divergences (bits) to ``reference`` of the GAN's continuations of
     ``reference``'s own passages (:func:`heldout_windows`, every ``bars`` bars, so the
     continuations stand in for the rest of each piece): ``{"gan": {...}, ["unigram": {...}],
-    "passage_unigram": {...}, "windows": n, "notes": n}``; with ``train``, a unigram sampler of
+    "passage_unigram": {...}, "key_profile": {"gan": [12], "passages": [12]}, "windows": n,
+    "notes": n}``; with ``train``, a unigram sampler of
     the same note counts; ``passage_unigram`` draws each continuation's notes from the pitches
     of the passage it continues (:func:`passage_unigram_melodies`)."""
     from .theory import histogram_js
@@ -556,13 +557,26 @@ def continuation_js(model: LoadedGAN, reference: Sequence[Melody], styles: Seque
     pas, sty = heldout_windows(reference, styles, bars)
     if not len(pas):
         return {"windows": 0, "bars": bars, "notes": 0}
-    mels = [bars_to_melody(t) for t in continue_passages(model, pas, sty, bars, seed)[0]]
+    toks = continue_passages(model, pas, sty, bars, seed)[0]
+    mels = [bars_to_melody(t) for t in toks]
+    tonic = context_tonic(pc_profile(pas))
     res = {"gan": histogram_js(mels, reference), "windows": int(len(pas)), "bars": bars,
-           "notes": sum(len(m) for m in mels)}
+           "notes": sum(len(m) for m in mels),
+           "key_profile": {"gan": key_profile(toks, tonic), "passages": key_profile(pas, tonic)}}
     if train is not None:
         res["unigram"] = histogram_js(unigram_melodies(train, [len(m) for m in mels], seed=seed), reference)
     res["passage_unigram"] = histogram_js(passage_unigram_melodies(pas, [len(m) for m in mels], seed), reference)
     return res
+
+
+def key_profile(tokens, tonic) -> list[float]:
+    """The share of the onsets of each passage's tokens (``[N, ..., 16]``) on each degree
+    counted from that passage's ``tonic`` (``[N]``): 12 fractions, degree 0 the tonic."""
+    t = np.asarray(tokens, np.int64).reshape(len(tonic), -1)
+    onset = t < N_PITCH
+    degree = ((np.where(onset, t, 0) + LOW) % 12 - np.asarray(tonic)[:, None]) % 12
+    counts = np.bincount(degree[onset], minlength=12).astype(np.float64)
+    return [round(float(x), 4) for x in counts / max(1.0, counts.sum())]
 
 
 def passage_unigram_melodies(passages: np.ndarray, lengths: Sequence[int], seed: int = 0) -> list[Melody]:

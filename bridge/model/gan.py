@@ -20,6 +20,10 @@ for feature matching.  Generated bars reach the discriminator as
 straight-through Gumbel-softmax samples (one-hot forward, soft gradient backward), so the
 discriminator cannot tell real from fake by one-hotness.
 
+**Key normalisation** (``train-gan --key-normalise``; the shipped model): the networks
+are trained on bars moved to C by the tonic of their tonal context, and
+:class:`KeyNormalised` moves a bar to C and the logits back at sampling time.
+
 **Checkpoints** are plain dicts loaded with ``torch.load(weights_only=True)``:
 ``{"format": "midi-bridge-gan", "meta": <JSON>, "generator": state, ["discriminator":
 state], "primers": uint8 [K, CTX_BARS, 16], "primer_styles": int64 [K], ["train": ...]}``.

@@ -37,6 +37,7 @@ tonal context.  Checkpoints without it sample with no bias.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -170,19 +171,15 @@ def context_tonic(ctx) -> np.ndarray:
     return np.where(c.sum(1) > 0, tonic, 0).astype(np.int64)
 
 
-_KEYS: list[np.ndarray] = []
-
-
+@functools.lru_cache(maxsize=1)
 def _key_profiles() -> np.ndarray:
     """``[12, 24]``: the 12 major then the 12 minor Krumhansl-Kessler profiles, centred and
     scaled to unit norm (computed once; the sampler asks per bar)."""
-    if not _KEYS:
-        from .theory import KK_MAJOR, KK_MINOR
+    from .theory import KK_MAJOR, KK_MINOR
 
-        prof = np.stack([np.roll(np.asarray(kk, np.float64), t) for kk in (KK_MAJOR, KK_MINOR) for t in range(12)])
-        prof = prof - prof.mean(1, keepdims=True)
-        _KEYS.append((prof / np.linalg.norm(prof, axis=1, keepdims=True)).T.copy())
-    return _KEYS[0]
+    prof = np.stack([np.roll(np.asarray(kk, np.float64), t) for kk in (KK_MAJOR, KK_MINOR) for t in range(12)])
+    prof = prof - prof.mean(1, keepdims=True)
+    return (prof / np.linalg.norm(prof, axis=1, keepdims=True)).T.copy()
 
 
 _PITCH_PC = (np.arange(N_PITCH) + LOW) % 12

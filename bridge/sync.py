@@ -18,6 +18,11 @@ from __future__ import annotations
 from collections import deque
 
 PPQN = 24
+#: Tempo estimates outside this range are not taken (a JACK period or a USB packet can
+#: deliver two clocks microseconds apart; DAWs offer about 20-999 bpm).
+MIN_BPM, MAX_BPM = 1.0, 1000.0
+_MIN_NS_PER_TICK = 60e9 / (MAX_BPM * PPQN)
+_MAX_NS_PER_TICK = 60e9 / (MIN_BPM * PPQN)
 
 
 class ClockFollower:
@@ -39,8 +44,14 @@ class ClockFollower:
 
     def clock(self, t_ns: int) -> None:
         """One 0xF8.  Advances the song position when the transport runs."""
-        if self.last_tick_ns is not None and t_ns - self.last_tick_ns > 4 * self._ns_per_tick + 50e6:
-            self._reset_line()  # a gap: the clock stopped and restarted, maybe at a new tempo
+        if self.last_tick_ns is not None:
+            gap = t_ns - self.last_tick_ns
+            # A gap: the clock stopped and restarted, maybe at a new tempo.  Right after a
+            # reset (one point) a gap shorter than the timeout is the new, slower tempo's
+            # first interval, judged by the old tempo: taken, or a large tempo drop would
+            # reset the line at every clock and never be followed.
+            if gap > 4 * self._ns_per_tick + 50e6 and (len(self._pts) > 1 or gap > self.timeout_ns):
+                self._reset_line()
         self.last_tick_ns = t_ns
         if self._base is None:
             self._base = t_ns
@@ -64,10 +75,12 @@ class ClockFollower:
             den = n * self._sxx - self._sx * self._sx
             if den > 0:
                 slope = (n * self._sxy - self._sx * self._sy) / den
-                if slope > 0:
+                if _MIN_NS_PER_TICK <= slope <= _MAX_NS_PER_TICK:
                     self._ns_per_tick = slope
         elif n == 2:
-            self._ns_per_tick = float(self._pts[1][1] - self._pts[0][1]) or self._ns_per_tick
+            d = float(self._pts[1][1] - self._pts[0][1])
+            if _MIN_NS_PER_TICK <= d <= _MAX_NS_PER_TICK:
+                self._ns_per_tick = d
         if self.running:
             if self._armed:
                 self._armed = False  # the first clock after Start/Continue *is* the position
@@ -87,7 +100,10 @@ class ClockFollower:
         self.running = False
 
     def song_position(self, sixteenths: int) -> None:
+        """Where the next clock is (a DAW looping sends it while its clock runs)."""
         self.ticks = sixteenths * 6
+        if self.running:
+            self._armed = True
 
     def _rebase(self) -> None:
         """Shift the window's coordinates to start at (0, 0), so the sums stay small enough

@@ -204,3 +204,43 @@ def test_humanize_spreads_but_keeps_order_and_every_note_ended():
     offsets = [t - 900 - 250 * i for i, t in enumerate(ons)]
     assert any(abs(o) > 0.01 for o in offsets) and all(abs(o) <= 10.0 + 1e-6 for o in offsets[1:])
     assert not unmatched(rig.msgs())
+
+
+# -- review: tempo jumps, absurd tempos, SPP while playing ---------------------------------
+
+def test_a_large_tempo_drop_is_followed_not_taken_for_a_gap_each_clock():
+    # Every clock of a much slower tempo is further apart than the gap threshold computed
+    # from the old tempo: the line must not be reset at every clock (stuck at the old tempo).
+    f = ClockFollower(120)
+    t = clocks(f, 300, 96, jitter=False)
+    t = clocks(f, 20, 24, t0=t, jitter=False)
+    assert abs(f.bpm(int(t - 1)) - 20) / 20 < 0.005
+
+
+def test_a_high_internal_tempo_does_not_stop_a_slow_clock_being_followed():
+    f = ClockFollower(400)                     # engine.bpm allows up to 400
+    t = clocks(f, 30, 48, jitter=False)
+    assert abs(f.bpm(int(t - 1)) - 30) / 30 < 0.005
+
+
+def test_two_clocks_delivered_together_do_not_make_an_absurd_tempo():
+    # A JACK period (or a USB packet) can deliver the first two clocks microseconds apart.
+    f = ClockFollower(120)
+    f.clock(0)
+    f.clock(10_000)
+    assert 1 <= f.bpm(10_000) <= 1000
+    t = clocks(f, 120, 48, t0=60e9 / (120 * 24) * 2)
+    assert abs(f.bpm(int(t)) - 120) / 120 < 0.005
+
+
+def test_song_position_while_playing_is_the_position_of_the_next_clock():
+    # A DAW looping sends SPP while its clock runs: like after Continue, the next clock is
+    # at that position (not one clock later).
+    f = ClockFollower(120)
+    f.start(0)
+    t = clocks(f, 120, 48, jitter=False)
+    f.song_position(0)
+    t = clocks(f, 120, 1, t0=t, jitter=False)
+    assert f.ticks == 0
+    t = clocks(f, 120, 24, t0=t, jitter=False)
+    assert f.ticks == 24

@@ -50,7 +50,7 @@ def _load_config(args: argparse.Namespace, missing_ok: bool = False) -> dict[str
     for flag, dotted in OVERRIDES.items():
         value = getattr(args, flag, None)
         if value is not None:
-            config_mod.override(cfg, dotted, value)
+            config_mod.override(cfg, dotted, value, flag="--" + flag.replace("_", "-"))
     return cfg
 
 

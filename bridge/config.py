@@ -31,6 +31,8 @@ class Key:
 
 def _choice(*allowed: str) -> Callable[[Any], Any]:
     def check(v: Any) -> Any:
+        if isinstance(v, bool) and ("on" if v else "off") in allowed:
+            return "on" if v else "off"  # YAML 1.1 reads a bare on/off as true/false
         if v not in allowed:
             raise ValueError("one of " + ", ".join(allowed))
         return v
@@ -111,6 +113,8 @@ def _thru_channel(v: Any) -> int | None:
 
 def _grid(v: Any) -> Any:
     from .grid import parse_grid
+    if v is False:
+        return None  # a bare 'off' (YAML 1.1 reads it as false)
     return parse_grid(v if v is None or isinstance(v, str) else str(v))
 
 
@@ -301,14 +305,17 @@ def load(path: str | Path | None) -> dict[str, Any]:
     return validate(raw, source=str(p))
 
 
-def override(config: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    """Set ``section.key`` to a raw value (as from a command-line flag) and revalidate it."""
+def override(config: dict[str, Any], dotted: str, value: Any, flag: str | None = None) -> dict[str, Any]:
+    """Set ``section.key`` to a raw value (as from a command-line flag) and revalidate it.
+
+    ``flag`` is the option that gave it, for the error (default: ``--key``)."""
     section, key = dotted.split(".", 1)
     spec = SCHEMA[section][key]
     try:
         config[section][key] = spec.check(value)
     except ValueError as e:
-        raise ConfigError(f"--{key.replace('_', '-')}: {value!r} is not allowed (must be {e})") from None
+        flag = flag or f"--{key.replace('_', '-')}"
+        raise ConfigError(f"{flag}: {value!r} is not allowed (must be {e})") from None
     return config
 
 

@@ -204,3 +204,25 @@ def test_run_with_a_missing_config_file_exits_2(tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "cannot read" in r.stderr
+
+
+def test_unquoted_on_and_off_are_taken_as_written(tmp_path):
+    # YAML 1.1 (yaml.safe_load) reads a bare on/off as true/false; config.yaml documents
+    # 'tui: auto | on | off' and 'quantize: off | 1/16 ...', so people write them bare.
+    p = tmp_path / "c.yaml"
+    p.write_text("status:\n  tui: off\noutput:\n  quantize: off\n")
+    cfg = load(p)
+    assert cfg["status"]["tui"] == "off" and cfg["output"]["quantize"] is None
+    p.write_text("status:\n  tui: on\n")
+    assert load(p)["status"]["tui"] == "on"
+    with pytest.raises(ConfigError, match="output.quantize"):
+        validate({"output": {"quantize": True}})
+
+
+@pytest.mark.parametrize("flag", ["--in-port", "--out-port", "--record"])
+def test_a_bad_flag_value_names_the_flag_that_was_given(flag, capsys):
+    from bridge.cli import main
+    assert main(["run", flag, " "]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert err.startswith(f"midi-bridge: {flag}: "), err

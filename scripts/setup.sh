@@ -102,6 +102,10 @@ mb_setup_venv() {
     local pip=("$MB_VENV/bin/python" -m pip install --disable-pip-version-check)
     rm -f "$MB_STAMP"
     if ! "$MB_VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is None)'; then
+        if [ "$(uname -s)" = Darwin ] &&
+            [ "$("$MB_VENV/bin/python" -c 'import platform; print(platform.machine())')" = x86_64 ]; then
+            mb_die "PyTorch publishes no macOS wheels for Intel (x86_64) Pythons after torch 2.2, and midi-bridge needs torch >= 2.10. On an Apple Silicon Mac, use a native arm64 Python (not one under Rosetta): rm -rf .venv and rerun with PYTHON=/path/to/arm64/python3.12. On an Intel Mac, install torch >= 2.10 into .venv yourself (e.g. built from source) and rerun: the setup keeps a torch it finds there."
+        fi
         mb_say "installing $MB_TORCH"
         "${pip[@]}" "$MB_TORCH" || mb_die "pip install $MB_TORCH failed"
     fi

@@ -167,6 +167,13 @@ class LiveControls:
         self.mode = mode
         self._marker(f"mode {mode}")
         self._echo("mode")
+        if mode != "thru" and self.gen is None and not self._fallback_thru:
+            # Started in thru: no generator was loaded.  Load the configured one; until it
+            # is ready (or if it cannot play this mode) what is played passes through.
+            name = self.cfg["engine"]["generator"]
+            log.info("mode %s: loading generator '%s' (playing thru until it is ready)", mode, name)
+            self._fallback_thru = True
+            self.request_swap(name)
 
     def _set_control(self, action: str, value: float, echo: bool = True) -> None:
         self.controls[action] = value

@@ -315,3 +315,28 @@ def test_rating_an_accompaniment_stores_the_recent_phrase_and_its_notes():
     assert r["rating"] == -1 and r["mode"] == "accompany"
     assert [p[0] for p in r["phrase"]] == [60, 62]
     assert [n[0] for n in r["answer"]] == [66, 69], "the last accompaniment only"
+
+
+def test_leaving_thru_mode_without_a_generator_loads_the_configured_one():
+    """Started with --mode thru (no generator loaded), then 'm' or the mode knob: the bridge
+    must not go silent; the configured generator is loaded and answers."""
+    rig = Rig({"m": Melody}, engine={"mode": "thru", "generator": "m"})
+    assert rig.engine.gen is None
+    rig.engine.handle(("cmd", "mode", "continue"), rig.clock.t)
+    assert rig.engine.mode == "continue" and rig.engine.gen_name == "m"
+    rig.tap(0, 60)
+    rig.tap(200, 62)
+    rig.advance(3000)
+    assert [p for _, _, p in rig.note_ons()] == [72, 74, 76, 77]
+    assert unmatched(rig.msgs()) == {}
+
+
+def test_leaving_thru_mode_for_a_mode_the_generator_lacks_keeps_playing_thru(caplog):
+    rig = Rig({"m": Melody}, engine={"mode": "thru", "generator": "m"})
+    with caplog.at_level(logging.WARNING):
+        rig.engine.handle(("cmd", "mode", "accompany"), rig.clock.t)
+    assert rig.engine.mode == "accompany" and rig.engine.gen is None
+    assert "does not support mode 'accompany'" in caplog.text
+    rig.tap(0, 60)
+    assert rig.note_ons() == [(0, 0, 60)], "what is played must still be heard"
+    assert unmatched(rig.msgs()) == {}

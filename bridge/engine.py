@@ -111,12 +111,14 @@ class Engine(ctl_mod.LiveControls):
         self.sync = ClockFollower(eng["bpm"], window=clk["window"],
                                   timeout_ns=int(clk["timeout_ms"] * 1e6))
         self._synced = False      # what the log last said about the clock source
+        self._clock_tempo = False  # self.tempo follows a clock that runs without transport
         self._logged_bpm = 0.0
 
         self.host = host
         self.gen: Generator | None = None
         self.gen_name: str | None = None
         self.prev_name: str | None = None
+        self._wanted: str | None = None  # the generator selected last (swaps load in the background)
         self.guard_calls = PluginGuard(eng["plugin_budget_ms"], eng["max_overruns"])
         self._fallback_thru = False  # a failed generator left nothing to fall back on
         #: Optional hooks set by the live runner: a recorder (inp/out/marker/tempo), the
@@ -166,6 +168,8 @@ class Engine(ctl_mod.LiveControls):
             log.info("generator: %s (thru fallback ended)", name)
         self.gen, self.gen_name = gen, name
         self.guard_calls.reset()
+        # (pre-sampling is turned off when a generator fails at it: not for the next one)
+        self.speculate = self.cfg["continuation"]["speculate"]
         self._marker(f"generator {name}")
         self._call(gen.reset)
         self._echo("generator")
@@ -174,6 +178,12 @@ class Engine(ctl_mod.LiveControls):
         if gen is None:
             log.error("swap to '%s' failed: %s (keeping '%s')", name, err, self.gen_name)
             return
+        if self._wanted is not None and name != self._wanted:
+            # loaded in the background, but another generator was selected since (a
+            # program change back, a knob turned on): the last selection wins
+            log.info("generator '%s' loaded but no longer selected (last selection: '%s')",
+                     name, self._wanted)
+            return
         try:
             self.set_generator(name, gen)
         except PluginError as e:
@@ -181,7 +191,10 @@ class Engine(ctl_mod.LiveControls):
 
     def request_swap(self, selector: str | int) -> None:
         name = self.host.resolve(selector, self.gen_name)
-        if name is not None and name != self.gen_name:
+        if name is None:
+            return
+        self._wanted = name  # a load still under way for another name is void now
+        if name != self.gen_name:
             self.host.request(name, self._swap_ready)
 
     # -- input ----------------------------------------------------------------------------
@@ -268,6 +281,11 @@ class Engine(ctl_mod.LiveControls):
         status, sync = msg[0], self.sync
         if status == midi.CLOCK:
             sync.clock(t)
+            if not sync.running:
+                # Clock without transport: beats count on from the free-running timeline,
+                # at the clock's tempo (ns_per_beat is the clock's: both must agree).
+                self.tempo.set_bpm(sync.bpm(now), now)
+                self._clock_tempo = True
             if not self._synced and sync.synced(now) and len(sync._pts) >= min(sync.window, 48):
                 self._synced = True
                 self._logged_bpm = sync.bpm(now)
@@ -363,12 +381,7 @@ class Engine(ctl_mod.LiveControls):
             tag = ("acc", ch, pitch)
             self.sched.end_tag(now, tag)  # a re-pressed key ends its old accompaniment
             if on:
-                notes = self._call(self.gen.accompany, ev, self._context(now))
-                try:
-                    notes = list(notes or ())
-                except Exception as e:  # noqa: BLE001 - not a sequence of notes
-                    self._plugin_error("accompany", e)
-                    notes = []
+                notes = self._call(self._accompany, ev, self._context(now)) or ()
                 if notes:  # the last accompaniment, for ratings (one deque, reused)
                     self._acc_notes.clear()
                     self._last = (None, self._acc_notes)
@@ -383,6 +396,14 @@ class Engine(ctl_mod.LiveControls):
                         t_on = now + round(n.start * nspb)
                         t_off = None if n.duration is None else t_on + round(n.duration * nspb)
                         self.sched.note(t_on, t_off, self._channel(n), n.pitch, n.velocity, tag)
+
+    def _accompany(self, ev: PlayedEvent, context: Context) -> list:
+        """The generator's accompaniment as a list, made inside the guarded call: a lazy
+        iterable (``accompany`` written with ``yield``) runs the plugin's code while it is
+        iterated, and that must be under the time budget too.  Not iterable: a plugin error."""
+        return list(self.gen.accompany(ev, context) or ())
+
+    _accompany.__name__ = "accompany"  # (what faults and overruns are reported as)
 
     # -- continuation -----------------------------------------------------------------------
 
@@ -516,6 +537,9 @@ class Engine(ctl_mod.LiveControls):
         self._after_calls()
 
     def _tick(self, now: int) -> None:
+        if self._clock_tempo and not self._clocked(now):
+            self._clock_tempo = False  # a clock without transport had set the tempo: back to engine.bpm
+            self.tempo.set_bpm(self.cfg["engine"]["bpm"], now)
         if self._synced and not self._clocked(now):
             self._synced = False
             log.info("clock: MIDI clock lost; internal clock at %.1f bpm", self.tempo.bpm)
@@ -537,7 +561,7 @@ class Engine(ctl_mod.LiveControls):
         if answer is not None:
             deadlines.append(now if answer.next is None else
                              self._note_time(answer, answer.next, now) - self.lookahead_ns)
-        if self._synced:
+        if self._synced or self._clock_tempo:
             deadlines.append(self.sync.last_tick_ns + self.sync.timeout_ns + 1)
         live = [d for d in deadlines if d is not None]
         return min(live) if live else None

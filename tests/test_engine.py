@@ -17,7 +17,7 @@ from bridge import midi
 from bridge.plugin import Note, PluginError
 from bridge.render import run_until
 
-from helpers import MS, Both, Endless, Intervals, Melody, Rig, unmatched
+from helpers import MS, Both, Endless, Intervals, Melody, Rig, plugin_info, unmatched
 
 CC64, CC123 = midi.CC_SUSTAIN, midi.CC_ALL_NOTES_OFF
 
@@ -711,6 +711,44 @@ def test_swap_to_a_generator_that_fails_to_construct_keeps_the_old_one(caplog):
     assert rig.note_ons()[0][2] == 72
 
 
+def test_a_slow_load_overtaken_by_a_later_selection_does_not_replace_it():
+    """Program change to b (loading in the background), then back to a (the current one)
+    before b is ready: b arriving later must not replace the generator last selected."""
+    import threading
+    from bridge.host import GeneratorHost
+
+    rig = Rig({"a": A, "b": B}, start="a")
+    posted, ready = [], threading.Event()
+    gate = threading.Event()
+
+    class SlowB(B):
+        def __init__(self, config=None):
+            gate.wait(10)            # a checkpoint that takes a while to load
+            super().__init__(config)
+
+    def post(item):
+        posted.append(item)
+        ready.set()
+
+    host = GeneratorHost(rig.cfg["generators"], rig.cfg["control"]["order"],
+                         plugins={**rig.host.plugins, "b": plugin_info("b", SlowB)}, post=post)
+    host._instances["a"] = rig.gen
+    rig.engine.host = host
+    pc(rig, 0, 1)                    # b: starts loading
+    pc(rig, 10, 0)                   # a again, before b is ready
+    gate.set()
+    assert ready.wait(10)
+    rig.engine.handle(posted.pop(), rig.clock.t)
+    assert rig.engine.gen_name == "a", "the stale load of b replaced the selected generator"
+    assert rig.engine.stats["swaps"] == 0
+    # selecting b again still works (instance reused)
+    ready.clear()
+    pc(rig, 20, 1)
+    assert ready.wait(10)
+    rig.engine.handle(posted.pop(), rig.clock.t)
+    assert rig.engine.gen_name == "b"
+
+
 def test_set_generator_refuses_an_unsupported_mode():
     rig = Rig(engine={"mode": "accompany"})
     with pytest.raises(PluginError, match="does not support mode 'accompany'"):
@@ -995,3 +1033,65 @@ def test_a_daw_panic_on_every_channel_releases_lost_keys_even_on_the_output_chan
     before = rig.engine.stats["echoes"]
     rig.send(1501, 0xBF, CC123, 0)
     assert rig.engine.stats["echoes"] == before + 1
+
+
+def test_speculation_resumes_with_the_generator_that_replaces_a_failed_one():
+    """A generator whose continuation fails while pre-sampling turned speculation off for
+    the rest of the session, for every generator selected after it."""
+    class Broken(Melody):
+        def continuation(self, context):
+            raise RuntimeError("broken continuation")
+
+    rig = Rig({"m": Melody, "bad": Broken}, start="m", continuation={"speculate": True})
+    pc(rig, 0, 0)                        # (the order is by name: bad, m)
+    assert rig.engine.gen_name == "bad"
+    end = phrase(rig, 10)
+    rig.advance(end + 1)                 # pre-sampling asks 'bad': it raises, is replaced
+    assert rig.engine.gen_name == "m" and rig.engine.stats["replaced"] == 1
+    speculated = rig.engine.stats["speculated"]
+    end = phrase(rig, end + 100)
+    rig.advance(end + 1)
+    assert rig.engine.stats["speculated"] > speculated, "no pre-sampling any more"
+    rig.advance(end + 600)
+    assert rig.engine.stats["speculation_used"] == 1
+    assert rig.note_ons()[0][0] == end + 600
+
+
+def test_a_clock_without_transport_sets_the_answers_tempo():
+    """MIDI clock arriving with the transport stopped (a drum machine or a DAW that sends
+    clock while stopped): the answer follows the clock's tempo, its notes' starts as well
+    as their lengths; they used to start at engine.bpm and last at the clock's tempo
+    (overlapping)."""
+    rig = Rig({"m": Melody}, continuation={"start_on": "now"})
+    tick_ms = 1000 / 24            # 60 bpm: a beat is a second
+    state = {"t": 0.0}
+
+    def clocks(upto):
+        while state["t"] + tick_ms <= upto:
+            state["t"] += tick_ms
+            rig.send(state["t"], 0xF8)
+        rig.advance(upto)
+
+    clocks(3000)
+    assert rig.engine.bpm(rig.clock.t) == pytest.approx(60) and not rig.engine.sync.running
+    for on, off, pitch in [(3000, 3100, 60), (3200, 3300, 62)]:
+        clocks(on)
+        rig.on(on, pitch)
+        clocks(off)
+        rig.off(off, pitch)
+    clocks(9000)
+    ons = [t for t, _, _ in rig.note_ons()]
+    offs = [t for t, _, _ in rig.note_offs()][-4:]
+    assert len(ons) == 4
+    assert [round(b - a) for a, b in zip(ons, ons[1:])] == [500, 500, 500]  # 0.5 beat at 60 bpm
+    assert [round(b - a) for a, b in zip(ons, offs)] == [500, 500, 500, 500]
+    assert unmatched(rig.msgs()) == {}
+
+
+def test_the_internal_tempo_returns_to_engine_bpm_when_a_stopped_clock_goes_away():
+    rig = Rig({"m": Melody})
+    for i in range(1, 6):          # a few clocks at 60 bpm, no transport, then nothing
+        rig.send(i * 1000 / 24, 0xF8)
+    rig.advance(2000)              # past clock.timeout_ms
+    assert rig.engine.bpm(rig.clock.t) == 120
+    assert rig.engine.tempo.bpm == 120

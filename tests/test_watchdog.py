@@ -217,3 +217,24 @@ def test_the_engines_plugin_guard_uses_it_to_cut_calls_and_iterators(wd):
     assert guard.next(it) is FAILED
     assert guard.overruns == 2
     assert guard.next(iter(())) is DONE
+
+
+def test_an_accompany_written_as_a_generator_function_is_cut_too(wd):
+    """``accompany`` returning a lazy iterable (a generator function with ``yield``): the
+    plugin's work runs while the engine iterates it, and that must be under the budget too,
+    not outside the watchdog."""
+    from helpers import Intervals, Rig, unmatched
+    from bridge.plugin import Note
+
+    class LazySlow(Intervals):
+        def accompany(self, event, context):
+            yield Note(event.pitch + 4)
+            spin(0.5)                       # far over the 25 ms budget
+            yield Note(event.pitch + 7)
+
+    rig = Rig({"i": LazySlow}, engine={"mode": "accompany", "max_overruns": 3})
+    rig.engine.guard_calls.watchdog = wd
+    rig.tap(0, 60)
+    assert rig.engine.stats["overruns"] == 1, "the lazy accompaniment ran outside the budget"
+    assert rig.note_ons() == [], "an overrun call's output is skipped"
+    assert unmatched(rig.msgs()) == {}

@@ -29,7 +29,12 @@ def read_events(path: str | Path) -> tuple[list[tuple[int, list[int]]], float | 
     try:
         mf = mido.MidiFile(str(path))
     except (OSError, EOFError, ValueError, KeyError, IndexError) as e:
-        raise RenderError(f"cannot read MIDI file {path}: {e}") from None
+        reason = str(e) or ("the file ends early (truncated, or not a Standard MIDI File)"
+                            if isinstance(e, EOFError) else type(e).__name__)
+        raise RenderError(f"cannot read MIDI file {path}: {reason}") from None
+    if mf.ticks_per_beat <= 0:  # (mido reads an SMPTE division as negative ticks per beat)
+        raise RenderError(f"cannot read MIDI file {path}: its time is counted in SMPTE frames, "
+                          "which is not supported; save it with ticks per quarter note (PPQ)")
     events, t, bpm = [], 0.0, None
     for msg in mf:  # times in seconds, tempo map applied
         t += msg.time

@@ -234,3 +234,29 @@ def test_run_on_alsa_as_a_process_exits_2_without_a_traceback(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "ALSA sequencer" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_truncated_file_says_why_it_cannot_be_read(tmp_path):
+    """mido raises EOFError with no text for a file that ends early: the message must still
+    give a reason, not end in a bare colon."""
+    src = tmp_path / "in.mid"
+    write_phrase(src)
+    src.write_bytes(src.read_bytes()[:40])
+    with pytest.raises(RenderError) as e:
+        read_events(src)
+    reason = str(e.value).split("in.mid:", 1)[1].strip()
+    assert reason, f"no reason given: {e.value}"
+
+
+def test_an_smpte_timed_file_is_refused_with_a_message_not_a_traceback(tmp_path, capsys):
+    """A Standard MIDI File may count time in SMPTE frames (negative division); mido reads
+    it as negative ticks per beat, the times go negative and writing the output crashed."""
+    src = tmp_path / "smpte.mid"
+    write_phrase(src)
+    data = bytearray(src.read_bytes())
+    data[12:14] = bytes([0xE7, 0x28])  # division: -25 fps, 40 ticks per frame
+    src.write_bytes(bytes(data))
+    rc = cli.main(["render", str(src), "-o", str(tmp_path / "o.mid")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "smpte.mid" in err and "SMPTE" in err

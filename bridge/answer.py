@@ -23,7 +23,7 @@ def _next(it: Iterator[Note]):
 
 
 class Answer:
-    __slots__ = ("it", "pull", "prompt", "b0", "t0", "count", "skipped", "next", "done")
+    __slots__ = ("it", "pull", "prompt", "b0", "t0", "clocked", "count", "skipped", "next", "done")
 
     def __init__(self, it: Iterator[Note], pull: Callable = _next) -> None:
         self.it = it
@@ -31,6 +31,7 @@ class Answer:
         self.prompt: tuple = ()        # the phrase it answers
         self.b0: float | None = None   # beat the answer starts on (None until it plays)
         self.t0 = 0                    # and when that is, in ns
+        self.clocked = False           # timed by the MIDI clock (b0 in song beats), or by t0
         self.count = 0                 # notes scheduled
         self.skipped = 0               # invalid notes skipped
         self.next: Note | None = None  # pulled, not yet scheduled

@@ -296,10 +296,10 @@ class Engine(ctl_mod.LiveControls):
             if self._synced and self.recorder is not None:
                 self.recorder.tempo(t, sync.bpm(now))  # (it keeps changes of 0.1 bpm or more)
         elif status == midi.START:
-            sync.start(t)
+            self._jump(now, lambda: sync.start(t))
             log.info("transport: start")
         elif status == midi.CONTINUE:
-            sync.continue_(t)
+            self._jump(now, lambda: sync.continue_(t))
             log.info("transport: continue at beat %.2f", sync.position_beats(now))
         elif status == midi.STOP:
             sync.stop(t)
@@ -310,7 +310,18 @@ class Engine(ctl_mod.LiveControls):
             if self.gen is not None:
                 self._call(self.gen.reset)
         elif status == midi.SONG_POSITION:
-            sync.song_position(msg[1] | (msg[2] << 7))
+            self._jump(now, lambda: sync.song_position(msg[1] | (msg[2] << 7)))
+
+    def _jump(self, now: int, move: Callable[[], None]) -> None:
+        """Move the song position (Start, Continue, Song Position: a DAW looping sends it
+        while it plays).  An answer timed by the clock goes on at its pace from where it
+        is: it would otherwise wait for its beat to come round again, or send every note
+        up to the new position at once."""
+        sync, answer = self.sync, self._answer
+        before = sync.next_clock_beats() if sync.running else self.tempo.beat_at(now)
+        move()
+        if answer is not None and answer.clocked and sync.running:
+            answer.b0 += sync.next_clock_beats() - before
 
     def _reset_phrase(self) -> None:
         self.phrase.clear()
@@ -467,13 +478,14 @@ class Engine(ctl_mod.LiveControls):
             b = next_boundary(b, unit)
         answer.b0 = b
         answer.t0 = now + round((b - b_now) * self.ns_per_beat(now))
+        answer.clocked = self._clocked(now)
         self._answer = answer
 
     def _note_time(self, answer: Answer, n: Note, now: int) -> int:
         """When note ``n`` of ``answer`` sounds: its beat, quantised (to the song's grid when
         clocked, else to the answer's own), converted at the current tempo."""
         b = answer.b0 + n.start
-        clocked = self._clocked(now)
+        clocked = answer.clocked
         if self.grid is not None:
             b = quantize(b, self.grid, self.swing, origin=0.0 if clocked else answer.b0)
         if clocked:  # follow the DAW's position, tempo changes included
@@ -484,9 +496,24 @@ class Engine(ctl_mod.LiveControls):
             t += int(max(-2.0, min(2.0, self._rng.gauss(0.0, 1.0))) * self.humanize_ns)
         return max(t + self.offset_ns, now)
 
+    def _retime(self, answer: Answer, now: int) -> None:
+        """The clock went away (no Stop: a DAW crashed, a cable pulled) or began during an
+        answer: it goes on at its pace from where it was, on the internal tempo or in the
+        song's time (instead of sending the notes that fell due at once, or waiting)."""
+        tempo = self.tempo
+        if answer.clocked:  # where the song was when its clock stopped
+            p = self.sync.position_beats(now) if self.sync.running else tempo.beat_at(now)
+            answer.t0 = now - round((p - answer.b0) * tempo.ns_per_beat)
+        else:
+            p = answer.b0 + (now - answer.t0) / tempo.ns_per_beat
+            answer.b0 += self.beat_at(now) - p
+        answer.clocked = not answer.clocked
+
     def _pull(self, now: int) -> None:
         """Schedule the answer's notes that start within the lookahead, pulling lazily."""
         answer = self._answer
+        if answer is not None and answer.clocked != self._clocked(now):
+            self._retime(answer, now)
         while answer is not None:
             n = answer.peek(self._valid_cont, self.max_notes, self.max_beats)
             if n is None:
@@ -561,7 +588,7 @@ class Engine(ctl_mod.LiveControls):
         if answer is not None:
             deadlines.append(now if answer.next is None else
                              self._note_time(answer, answer.next, now) - self.lookahead_ns)
-        if self._synced or self._clock_tempo:
+        if self._synced or self._clock_tempo or (answer is not None and answer.clocked):
             deadlines.append(self.sync.last_tick_ns + self.sync.timeout_ns + 1)
         live = [d for d in deadlines if d is not None]
         return min(live) if live else None

@@ -99,6 +99,10 @@ class ClockFollower:
     def stop(self, t_ns: int) -> None:
         self.running = False
 
+    def next_clock_beats(self) -> float:
+        """The song position, in beats, that the next clock will have (transport running)."""
+        return (self.ticks + (0 if self._armed else 1)) / PPQN
+
     def song_position(self, sixteenths: int) -> None:
         """Where the next clock is (a DAW looping sends it while its clock runs)."""
         self.ticks = sixteenths * 6

@@ -1095,3 +1095,87 @@ def test_the_internal_tempo_returns_to_engine_bpm_when_a_stopped_clock_goes_away
     rig.advance(2000)              # past clock.timeout_ms
     assert rig.engine.bpm(rig.clock.t) == 120
     assert rig.engine.tempo.bpm == 120
+
+
+class _Transport:
+    """Drive a rig with MIDI clock at ``bpm`` (and transport messages), tick by tick."""
+
+    def __init__(self, rig, bpm: float = 120.0) -> None:
+        self.rig, self.tick_ms, self.k = rig, 60_000 / (bpm * 24), 0
+
+    def clocks(self, upto: float) -> None:
+        while (self.k + 1) * self.tick_ms <= upto + 1e-6:
+            self.k += 1
+            self.rig.send(self.k * self.tick_ms, 0xF8)
+        self.rig.advance(upto)
+
+    def phrase(self, at: float) -> None:
+        for on, pitch in [(at, 60), (at + 250, 62)]:
+            self.clocks(on)
+            self.rig.on(on, pitch)
+            self.clocks(on + 100)
+            self.rig.off(on + 100, pitch)
+
+
+def _gaps(rig, since: int = 0) -> list[int]:
+    ons = [t for t, _, _ in rig.note_ons(since)]
+    return [round(b - a) for a, b in zip(ons, ons[1:])]
+
+
+def test_an_answer_goes_on_in_time_when_the_clock_stops_without_stop():
+    """The DAW crashes or the cable is pulled mid-answer (no Stop): the answer goes on at
+    the internal tempo from where it was; the notes that fell due while the clock was
+    awaited used to go out all at once when it timed out."""
+    rig = Rig({"m": Endless})
+    tr = _Transport(rig)
+    rig.send(0, 0xFA)                          # Start
+    tr.clocks(1500)
+    tr.phrase(1500)
+    tr.clocks(3000)                            # the answer plays in time with the clock
+    assert set(_gaps(rig)) == {125}            # a 1/4 beat at 120 bpm
+    mark = rig.mark()
+    rig.advance(6000)                          # the clock stops; engine.bpm is 120 too
+    gaps = _gaps(rig, mark)
+    assert len(gaps) >= 10
+    assert min(gaps) >= 120, gaps              # no burst of overdue notes
+    assert unmatched(rig.msgs()) == {}
+
+
+def test_an_answer_goes_on_in_time_across_a_loop_jump():
+    """A DAW looping sends Song Position while its clock runs: the answer goes on at its
+    pace; it used to wait for the position it had reached to come round again (a jump
+    back), or send every note up to the new position at once (a jump forward)."""
+    for jump in (-16, +16):                    # sixteenths: 4 beats back, 4 beats on
+        rig = Rig({"m": Endless})
+        tr = _Transport(rig)
+        rig.send(0, 0xFA)
+        tr.clocks(1500)
+        tr.phrase(1500)
+        tr.clocks(3000)
+        pos = rig.engine.sync.ticks // 6 + 1   # the next clock's 16th, then moved
+        rig.send(3010, 0xF2, (pos + jump) & 0x7F, (pos + jump) >> 7)  # before the next clock
+        mark = rig.mark()
+        tr.clocks(5000)
+        gaps = _gaps(rig, mark)
+        assert len(gaps) >= 10, (jump, gaps)
+        assert set(gaps) <= {124, 125, 126}, (jump, gaps)
+        assert unmatched(rig.msgs()) == {}
+
+
+def test_an_answer_on_a_clock_without_transport_goes_on_when_the_daw_starts():
+    """Clock running with the transport stopped, an answer playing, then Start: the
+    answer goes on at its pace (it used to wait until the song reached the beat it was
+    at on the free-running timeline)."""
+    rig = Rig({"m": Endless})
+    tr = _Transport(rig)
+    tr.clocks(1500)
+    tr.phrase(1500)
+    tr.clocks(3000)
+    assert _gaps(rig) and set(_gaps(rig)) <= {124, 125, 126}
+    rig.send(3010, 0xFA)                       # Start (the next clock is the song's first)
+    mark = rig.mark()
+    tr.clocks(5000)
+    gaps = _gaps(rig, mark)
+    assert len(gaps) >= 10, gaps
+    assert set(gaps) <= {124, 125, 126}, gaps
+    assert unmatched(rig.msgs()) == {}

@@ -16,7 +16,7 @@ import queue
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import ports as ports_mod
 from . import tui
@@ -60,6 +60,28 @@ def latency_offset_ms(cfg: dict[str, Any], backend: str) -> float:
     return -period
 
 
+#: Seconds past its budget a generator call may stay blocked (in C code: time.sleep, I/O,
+#: a lock; the watchdog cannot cut those) before the watchdog ends every sounding note.
+STALL_S = 1.0
+
+
+def end_stalled_notes(engine: Engine, send: Callable[[tuple[int, ...]], None]) -> None:
+    """Called on the watchdog thread while the engine thread is stuck in a plugin call:
+    note-offs for everything sounding, CC64=0 and CC123 per channel, paced."""
+    msgs = engine.sched.emergency()
+    log.error("generator '%s' has been stuck for over %.1f s past its budget (blocked in native "
+              "code: a sleep, I/O or a lock?): ending all %d sounding notes; fix the plugin",
+              engine.gen_name, STALL_S, len(msgs))
+    for i, msg in enumerate(msgs):
+        if i and i % 32 == 0:
+            time.sleep(0.005)  # (JACK drops bursts larger than a period's buffer)
+        try:
+            send(msg)
+        except Exception as e:  # noqa: BLE001 - a port gone: nothing more to do
+            log.error("could not send %s: %s", bytes(msg).hex(), e)
+            return
+
+
 def run(cfg: dict[str, Any]) -> int:
     try:
         faulthandler.enable()  # a crash in native code prints every thread's stack
@@ -100,7 +122,9 @@ def run(cfg: dict[str, Any]) -> int:
     # Re-opens extra ports that come back and survives a JACK restart (bridge/supervise.py).
     supervisor = PortSupervisor(p, post=inbox.put)
     # Generator calls past engine.plugin_budget_ms are cut short (bridge/faults.py).
-    watchdog = Watchdog()
+    # A call blocked in native code cannot be cut: after STALL_S the watchdog ends every
+    # sounding note itself (the engine thread, stuck, would send no note-off).
+    watchdog = Watchdog(stall_after_s=STALL_S, on_stall=lambda: end_stalled_notes(engine, p.send))
     engine.guard_calls.watchdog = watchdog
     thread = EngineThread(engine, inbox, drain_s=cfg["output"]["drain_ms"] / 1000,
                           realtime=cfg["engine"]["realtime"])

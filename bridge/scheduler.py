@@ -151,6 +151,17 @@ class Scheduler:
         for ch in channels:
             self._push(t, midi.control(ch, midi.CC_ALL_NOTES_OFF, 0), None, -2)
 
+    def emergency(self) -> list[tuple[int, ...]]:
+        """What ends every note at once, for another thread while the engine thread is
+        stuck (a plugin blocked in native code, see :mod:`bridge.watchdog`): note-offs for
+        all that sounds or is ending, then CC64=0 and CC123 per channel used.  Only reads:
+        the book stays as it is (its own note-offs, later, are harmless repeats)."""
+        keys = sorted(set(self._sounding) | set(self._ending))
+        channels = sorted(set(self.channels_used) | {ch for ch, _ in keys})
+        return ([midi.note_off(ch, pitch) for ch, pitch in keys]
+                + [midi.control(ch, midi.CC_SUSTAIN, 0) for ch in channels]
+                + [midi.control(ch, midi.CC_ALL_NOTES_OFF, 0) for ch in channels])
+
     @property
     def sounding(self) -> dict[Key, tuple[int, Tag]]:
         return self._sounding

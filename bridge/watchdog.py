@@ -42,6 +42,12 @@ attributes, and wakes the watchdog thread only when it sleeps past the new deadl
 takes an uncontended lock.  About a microsecond per call in all.  While calls keep
 coming the watchdog thread wakes at most once per budget period.
 
+A call stuck in C code cannot be cut, and while it is stuck the engine thread sends
+nothing, note-offs included.  With ``on_stall``, the watchdog calls it once when a call is
+still running ``stall_after_s`` past its deadline, holding the lock that :meth:`disarm`
+takes: the engine thread cannot leave the plugin call (and send) meanwhile.  The live
+runner uses it to end every sounding note from the watchdog thread.
+
 One watchdog serves one engine thread, one call at a time (``arm`` while armed is an
 error: calls do not nest).
 """
@@ -79,7 +85,8 @@ class Watchdog:
     ``idle_after_s``: with no call for this long the watchdog thread sleeps until the next
     ``arm`` wakes it (the only case besides a shorter budget where ``arm`` signals it)."""
 
-    def __init__(self, idle_after_s: float = 1.0, name: str = "plugin-watchdog") -> None:
+    def __init__(self, idle_after_s: float = 1.0, name: str = "plugin-watchdog",
+                 stall_after_s: float = 1.0, on_stall: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()      # held by the watchdog while it checks and fires
         self._wake = threading.Event()
         self._seq = 0                      # last token handed out
@@ -91,7 +98,11 @@ class Watchdog:
         self._sleep_until = _FOREVER       # when the watchdog thread wakes by itself
         self._idle_after_ns = int(idle_after_s * 1e9)
         self._closed = False
+        self._stall_ns = int(stall_after_s * 1e9)
+        self._on_stall = on_stall
+        self._stalled_token = 0            # the token on_stall ran for
         self.fired = 0                     # Overruns raised (stats)
+        self.stalls = 0                    # on_stall calls (stats)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -155,6 +166,18 @@ class Watchdog:
                 if _raise_async(self._ident, Overrun):
                     self.fired += 1
 
+    def _stall(self, token: int) -> None:
+        with self._lock:  # (disarm waits: the engine thread sends nothing meanwhile)
+            if self._armed == token and self._stalled_token != token:
+                self._stalled_token = token
+                self.stalls += 1
+                try:
+                    self._on_stall()
+                except Exception:  # noqa: BLE001 - the watchdog thread must live on
+                    import logging
+
+                    logging.getLogger("midi_bridge").exception("watchdog: on_stall failed")
+
     def _run(self) -> None:
         now_ns = time.perf_counter_ns
         wake = self._wake
@@ -169,6 +192,13 @@ class Watchdog:
                     self._fire(token)
                     continue
                 until = deadline
+            elif (token and self._on_stall is not None and token != self._stalled_token
+                  and self._armed == token):
+                # fired, but the call runs on (blocked in C code): on_stall when it stalls
+                if now >= deadline + self._stall_ns:
+                    self._stall(token)
+                    continue
+                until = deadline + self._stall_ns
             else:  # between calls (or the call already cut): nap, then go idle
                 if self._seq != last_seq:
                     last_seq = self._seq

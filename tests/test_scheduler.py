@@ -145,6 +145,22 @@ def test_end_tag_ends_what_the_owner_sounds_and_drops_what_it_had_pending():
     assert sink.msgs()[-1] == (0x90, 72, 90)
 
 
+def test_emergency_lists_what_ends_every_note_and_changes_nothing():
+    """For the watchdog thread while the engine thread is stuck: the panic's messages for
+    what sounds now, computed without touching the book."""
+    s, sink = make()
+    s.note(0, None, 3, 70, 90, "a")
+    s.note(0, None, 0, 61, 90, "b")
+    s.message(0, (0xB9, 7, 100))          # channel 10 used, nothing sounding there
+    s.note(50 * MS, 60 * MS, 5, 40, 90, "c")  # not sounding yet
+    s.pump(0)
+    before = (dict(s.sounding), s.pending(), set(s.channels_used))
+    assert s.emergency() == [(0x80, 61, 0), (0x83, 70, 0),
+                             (0xB0, 64, 0), (0xB3, 64, 0), (0xB9, 64, 0),
+                             (0xB0, 123, 0), (0xB3, 123, 0), (0xB9, 123, 0)]
+    assert (dict(s.sounding), s.pending(), set(s.channels_used)) == before
+
+
 def test_panic_note_offs_then_sustain_off_then_all_notes_off_per_channel_used():
     s, sink = make()
     s.note(0, None, 3, 70, 90, "a")

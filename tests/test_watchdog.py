@@ -238,3 +238,34 @@ def test_an_accompany_written_as_a_generator_function_is_cut_too(wd):
     assert rig.engine.stats["overruns"] == 1, "the lazy accompaniment ran outside the budget"
     assert rig.note_ons() == [], "an overrun call's output is skipped"
     assert unmatched(rig.msgs()) == {}
+
+
+def test_a_call_stuck_in_c_code_calls_on_stall_once_while_it_is_stuck():
+    """A call blocked in C (here time.sleep) cannot be cut; on_stall runs once, while the
+    call is still stuck, holding the lock that disarm needs (so the engine thread cannot
+    leave the call and send meanwhile)."""
+    seen = []
+    box = {}
+
+    def on_stall():
+        seen.append(("stall", box.get("returned", False)))
+        time.sleep(0.2)  # the stuck call returns meanwhile: call() must wait for this
+
+    w = Watchdog(stall_after_s=0.1, on_stall=on_stall)
+    try:
+        def stuck():
+            time.sleep(0.5)
+            box["returned"] = True
+
+        result, overran = w.call(stuck, budget_ns=10 * MS)
+        seen.append("call returned")
+        assert overran and result is None
+        assert seen == [("stall", False), "call returned"]
+        assert w.stalls == 1
+        # a call that is cut (Python code) or returns in time never stalls
+        assert w.call(spin, 2.0, budget_ns=20 * MS) == (None, True)
+        assert w.call(lambda: 7, budget_ns=50 * MS) == (7, False)
+        time.sleep(0.3)
+        assert w.stalls == 1
+    finally:
+        w.close()

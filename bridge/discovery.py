@@ -18,6 +18,11 @@ from .plugin import API_VERSION, ENTRY_POINT_GROUP, MODES, Generator, PluginErro
 
 log = logging.getLogger(__name__)
 
+#: What a plugin's import or constructor may raise that is reported as its failure.
+#: ``SystemExit`` included: a plugin calling ``sys.exit()`` must not end the bridge at
+#: start-up without naming itself, nor silently kill the loader thread of a live swap.
+_PLUGIN_FAILURES = (Exception, SystemExit)
+
 
 @dataclass
 class PluginInfo:
@@ -61,13 +66,20 @@ def load_class(info: PluginInfo) -> type:
         return info.cls
     try:
         cls = info._ep.load()  # type: ignore[attr-defined]
-    except Exception as e:  # noqa: BLE001 - any import failure is the plugin's
+    except _PLUGIN_FAILURES as e:  # any import failure is the plugin's
         return _fail(info, f"import failed: {type(e).__name__}: {e}")
     if not (isinstance(cls, type) and issubclass(cls, Generator)):
         return _fail(info, f"{info.value} is not a subclass of bridge.plugin.Generator")
-    if getattr(cls, "api_version", None) != API_VERSION[0]:
-        return _fail(info, f"written for plugin API v{getattr(cls, 'api_version', '?')}, "
+    declared = getattr(cls, "api_version", None)
+    if isinstance(declared, bool) or not isinstance(declared, (int, float)) or declared % 1:
+        return _fail(info, f"api_version must be the major version as an integer "
+                           f"(api_version = {API_VERSION[0]} for this bridge), not {declared!r}")
+    if declared != API_VERSION[0]:
+        return _fail(info, f"written for plugin API v{declared:g}, "
                            f"this bridge provides v{API_VERSION[0]} (upgrade the plugin or the bridge)")
+    if isinstance(cls.modes, str):
+        return _fail(info, f"modes must be a set of mode names, e.g. frozenset({{{cls.modes!r}}}), "
+                           f"not the string {cls.modes!r}")
     bad = set(cls.modes) - set(MODES)
     if bad:
         return _fail(info, f"declares unknown modes {sorted(bad)} (allowed: {', '.join(MODES)})")
@@ -88,7 +100,7 @@ def create(info: PluginInfo, settings: Mapping[str, Any] | None) -> Generator:
                           f"(allowed: {allowed})")
     try:
         gen = cls(settings)
-    except Exception as e:  # noqa: BLE001
+    except _PLUGIN_FAILURES as e:
         return _fail(info, f"construction failed: {type(e).__name__}: {e}")
     if not gen.name:
         gen.name = info.name  # type: ignore[misc]

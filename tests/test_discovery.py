@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import textwrap
+import time
 from importlib import metadata
 
 import pytest
@@ -251,3 +252,109 @@ def test_the_installed_first_party_plugins_are_discovered_through_entry_points()
         assert issubclass(cls, Generator)
         assert mode in infos[name].modes
         assert infos[name].distribution == "midi-bridge"
+
+
+class _DirectEntryPoint:
+    """An entry point whose load() runs ``loader`` (to simulate what an import does)."""
+
+    def __init__(self, name: str, loader) -> None:
+        self.name, self.value, self.group = name, f"exiting_mod:{name}", ENTRY_POINT_GROUP
+        self.dist, self._loader = FakeDist("exiting-gens", "0.3.0"), loader
+
+    def load(self):
+        return self._loader()
+
+
+def _info(name: str, loader) -> discovery.PluginInfo:
+    info = discovery.PluginInfo(name, f"exiting_mod:{name}", "exiting-gens", "0.3.0")
+    info._ep = _DirectEntryPoint(name, loader)  # type: ignore[attr-defined]
+    return info
+
+
+class _ExitsInInit(Generator):
+    modes = frozenset({"continue"})
+
+    def __init__(self, config=None):
+        raise SystemExit("the model file is missing")  # what sys.exit(...) in a plugin does
+
+
+def _exits_at_import():
+    raise SystemExit(1)  # a plugin module that calls sys.exit() when a dependency is missing
+
+
+def test_a_plugin_that_calls_sys_exit_in_its_constructor_is_reported_not_obeyed():
+    # Before: SystemExit went through create(): at start-up the bridge quit with the
+    # plugin's text and no plugin named; on a live swap the loader thread died silently
+    # and the swap never happened (nothing logged, nothing posted to the engine).
+    with pytest.raises(PluginError) as e:
+        discovery.create(_info("exits", lambda: _ExitsInInit), {})
+    text = str(e.value)
+    assert "plugin 'exits'" in text and "exiting-gens" in text
+    assert "construction failed: SystemExit: the model file is missing" in text
+
+
+def test_a_plugin_that_calls_sys_exit_at_import_is_reported_not_obeyed():
+    info = _info("exitsimport", _exits_at_import)
+    with pytest.raises(PluginError) as e:
+        discovery.load_class(info)
+    assert "plugin 'exitsimport'" in str(e.value) and "import failed: SystemExit" in str(e.value)
+    assert info.status == "error"
+
+
+def test_a_live_swap_to_a_plugin_that_calls_sys_exit_reports_the_failure():
+    posted = []
+    host = GeneratorHost({}, plugins={"exits": _info("exits", lambda: _ExitsInInit)},
+                         post=posted.append)
+    host.request("exits", lambda *a: None)
+    for _ in range(200):  # the loader thread posts its result
+        if posted:
+            break
+        time.sleep(0.01)
+    assert posted and posted[0][0] == "swap" and posted[0][2] is None
+    assert "construction failed: SystemExit" in posted[0][3]
+
+
+class _ModesAsString(Generator):
+    modes = "continue"  # a common slip for frozenset({"continue"})
+
+
+def test_modes_written_as_a_string_get_a_message_that_says_so():
+    """Before: 'declares unknown modes ['c', 'e', 'i', 'n', 'o', 't', 'u']'."""
+    info = _info("stringmodes", lambda: _ModesAsString)
+    with pytest.raises(PluginError) as e:
+        discovery.load_class(info)
+    text = str(e.value)
+    assert "plugin 'stringmodes'" in text
+    assert "modes must be a set of mode names" in text and "frozenset({'continue'})" in text
+    assert "['c', 'e'" not in text
+
+
+class _TupleApi(Generator):
+    api_version = (1, 1)  # API_VERSION's shape, not the major the contract asks for
+    modes = frozenset({"continue"})
+
+
+class _MinorApi(Generator):
+    api_version = 1.1  # the contract's version as written in the docs, not its major
+    modes = frozenset({"continue"})
+
+
+class _FloatMajorApi(Generator):
+    api_version = 1.0
+    modes = frozenset({"continue"})
+
+
+@pytest.mark.parametrize("cls", [_TupleApi, _MinorApi])
+def test_an_api_version_that_is_not_a_major_is_explained_not_blamed_on_the_versions(cls):
+    """Before: 'written for plugin API v(1, 1), this bridge provides v1 (upgrade the plugin
+    or the bridge)': wrong advice, both are fine."""
+    info = _info("badapi", lambda: cls)
+    with pytest.raises(PluginError) as e:
+        discovery.load_class(info)
+    text = str(e.value)
+    assert "upgrade" not in text
+    assert "api_version must be the major version as an integer" in text and "api_version = 1" in text
+
+
+def test_an_integral_float_api_version_still_loads():
+    assert discovery.load_class(_info("floatapi", lambda: _FloatMajorApi)) is _FloatMajorApi

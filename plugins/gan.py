@@ -23,6 +23,7 @@ from collections import deque
 from typing import Iterator
 
 from bridge.plugin import Context, Generator, Note, PlayedEvent, PluginError
+from plugins import checked_number
 from plugins.rnn import resolve_model_path
 
 MAX_TRACKED = 64  # note-offs remembered for the durations of the phrase's notes
@@ -47,6 +48,10 @@ class GANGenerator(Generator):
 
         self.gan = gan
         cfg = self.config
+        # Checked here, not at the first answer: a bad value is refused when selected.
+        checked_number("gan", cfg, "temperature", low=0)
+        checked_number("gan", cfg, "bars", low=1, integer=True)
+        checked_number("gan", cfg, "seed", integer=True, optional=True)
         try:
             path = resolve_model_path(str(cfg["checkpoint"]))
         except PluginError as exc:

@@ -112,8 +112,9 @@ class HarmonyGenerator(Generator):
     the root below them as a bass (``spread`` extra octaves lower).  Notes that fall
     under ``low`` are moved up by octaves; any that would then reach the played note
     are dropped.  They last as long as the played note (``duration=None``), at
-    ``velocity_scale`` times its velocity.  Before any note has been observed, the
-    played note is taken as the tonic of a major key.
+    ``velocity_scale`` times its velocity.  Before any note has been observed (and after
+    ``reset()``: the DAW's Stop, or the generator selected again), the played note is
+    taken as the tonic of a major key.
 
     Config: ``voices`` (1-4), ``spread`` (extra octaves under the bass, 0-2),
     ``velocity_scale``, ``low`` (lowest pitch), ``key`` (None: estimate; or a fixed key
@@ -135,6 +136,10 @@ class HarmonyGenerator(Generator):
         if not 1 <= self.voices <= 4 or not 0 <= self.spread <= 2 or not 0 < self.decay <= 1:
             raise ValueError("voices must be 1..4, spread 0..2, decay in (0, 1]")
         self.fixed_key = parse_key(c["key"]) if c["key"] else None
+        self.reset_key()
+
+    def reset(self) -> None:
+        """Transport Stop or selected again: a new song may be in another key."""
         self.reset_key()
 
     def reset_key(self) -> None:

@@ -240,7 +240,8 @@ class MarkovGenerator(Generator):
     position (context, previous note) but keeps everything learned; ``forget()`` also
     erases what was learned.
 
-    Config: ``order`` (max context length), ``temperature``, ``max_history`` (notes
+    Config: ``order`` (max context length), ``temperature`` (the performer's live
+    temperature, ``Context.temperature``, overrides it while set), ``max_history`` (notes
     kept), ``low``/``high`` (answer pitch range: pitches are folded by octaves into it),
     ``seed`` (None: random).
     """
@@ -320,13 +321,15 @@ class MarkovGenerator(Generator):
                 if not by_token:
                     del self._index[k]
 
-    def _next_event(self, context: deque) -> _Event:
+    def _next_event(self, context: deque, temperature: float | None = None) -> _Event:
         """Longest matching context first, backing off to shorter ones (order 0 always matches)."""
         ctx = tuple(context)
+        if temperature is None:
+            temperature = self.temperature
         for k in range(len(ctx), -1, -1):
             by_token = self._index.get(ctx[len(ctx) - k:] if k else ())
             if by_token:
-                token = _choose(self.rng, [(t, len(evs)) for t, evs in by_token.items()], self.temperature)
+                token = _choose(self.rng, [(t, len(evs)) for t, evs in by_token.items()], temperature)
                 events = by_token[token]
                 return events[self.rng.randrange(len(events))]
         raise LookupError("empty model")  # unreachable while the history is non-empty
@@ -345,10 +348,11 @@ class MarkovGenerator(Generator):
         ctx = deque(self._context, maxlen=self._context.maxlen)
         pitch = self._prev[0] if self._prev is not None else None
         start, count, same_start = 0.0, 0, 0
+        live = getattr(context, "temperature", None)  # the performer's, when set (contract 1.1)
         while True:
             if context.max_notes > 0 and count >= context.max_notes:
                 return
-            ev = self._next_event(ctx)
+            ev = self._next_event(ctx) if live is None else self._next_event(ctx, live)
             if count:
                 same_start = same_start + 1 if ev.ioi == 0 else 0
                 start += ev.ioi

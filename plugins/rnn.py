@@ -13,8 +13,11 @@ note into its state in one step and answers by sampling from that state.
 
 Config: ``checkpoint`` / ``harmonizer`` (paths; relative ones are looked up in the
 current folder, then in the project's ``models/``), ``style`` (a label the checkpoint
-knows, e.g. ``folk`` or ``chorale``; default ``folk`` if it knows it, else its first), ``temperature``, ``top_p``, ``low``/``high`` (answer pitch range),
-``key`` (e.g. ``"D minor"``: answer notes restricted to that scale), ``device``
+knows, e.g. ``folk`` or ``chorale``; default ``folk`` if it knows it, else its first), ``temperature``
+(>= 0; the performer's live temperature overrides it), ``top_p`` (0-1), ``low``/``high``
+(answer pitch range),
+``key`` (e.g. ``"D minor"``: answer notes restricted to that scale; the range must hold
+one of its pitches), ``device``
 (``auto | cpu | cuda``; a missing GPU falls back to the CPU with a logged reason),
 ``int8`` (int8 weights on the CPU), ``copy`` (added to the logit of the in-piece copy
 gate: negative values make answers quote the phrase less, positive more; 0 = as trained),
@@ -29,11 +32,14 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from bridge.plugin import Context, Generator, Note, PlayedEvent, PluginError
+from plugins import checked_number
 
 log = logging.getLogger("midi_bridge.plugins.rnn")
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-MAX_GAP_WAITS = 2  # a silence longer than 3 x 8 beats is folded as 24 beats
+MAX_GAP_WAITS = 2  # a silence longer than 3 x 8 beats is folded as 24 beats; an answer
+                   # that would wait longer than that (the model has nothing to say in the
+                   # allowed range) ends, so one pull costs at most MAX_GAP_WAITS + 1 steps
 
 
 def resolve_model_path(name: str) -> Path:
@@ -73,6 +79,30 @@ def load_stepper(path: str, device: str = "auto", int8: bool = False, seed=None)
     return Stepper(model, "cpu", int8=int8, seed=seed), meta
 
 
+def _pitch_mask(sampling, cfg):
+    """The answer's pitch mask from ``low``/``high``/``key``; refuses one with no pitch in it
+    (the model could only wait: an answer would never come)."""
+    low = max(0, checked_number("rnn", cfg, "low", integer=True))
+    high = min(127, checked_number("rnn", cfg, "high", integer=True))
+    if low > high:
+        raise ValueError(f"rnn: generators.rnn.low ({cfg['low']}) is above generators.rnn.high "
+                         f"({cfg['high']}): no pitch to play (low <= high, MIDI pitches 0-127)")
+    mask = sampling.pitch_range_mask(low, high)
+    if cfg["key"]:
+        from plugins.harmony import parse_key
+
+        try:
+            tonic, mode = parse_key(str(cfg["key"]))
+        except ValueError as exc:
+            raise ValueError(f"rnn: generators.rnn.key: {exc} (e.g. 'D minor', 'F# major', 'Bb', "
+                             "or null for any key)") from None
+        mask &= sampling.key_mask(tonic, mode)
+        if not mask[:128].any():
+            raise ValueError(f"rnn: no pitch of the key {cfg['key']!r} lies between generators.rnn.low "
+                             f"and high ({low}..{high}): widen the range or change the key")
+    return mask
+
+
 class RNNGenerator(Generator):
     name = "rnn"
     modes = frozenset({"continue", "accompany"})
@@ -97,6 +127,13 @@ class RNNGenerator(Generator):
 
         self.enc = encoding
         cfg = self.config
+        # Settings are checked before anything is loaded: a bad value is refused when the
+        # generator is selected, not found at the first answer in the middle of playing.
+        checked_number("rnn", cfg, "temperature", low=0)
+        checked_number("rnn", cfg, "top_p", low=0, high=1)
+        checked_number("rnn", cfg, "copy")
+        checked_number("rnn", cfg, "seed", low=0, integer=True, optional=True)
+        mask = _pitch_mask(sampling, cfg)
         self.st, meta = load_stepper(cfg["checkpoint"], cfg["device"], bool(cfg["int8"]), cfg["seed"])
         if self.st.spec.view != "notes":
             raise PluginError(f"rnn: {cfg['checkpoint']} is a {self.st.spec.view} model, not a note model")
@@ -108,12 +145,6 @@ class RNNGenerator(Generator):
             raise PluginError(f"rnn: style {style!r} unknown to {cfg['checkpoint']} (it knows {', '.join(styles)})")
         self.style = styles.index(style)
         self._styles = list(styles)
-        mask = sampling.pitch_range_mask(int(cfg["low"]), int(cfg["high"]))
-        if cfg["key"]:
-            from plugins.harmony import parse_key
-
-            tonic, mode = parse_key(str(cfg["key"]))
-            mask &= sampling.key_mask(tonic, mode)
         self.masks = {"pitch": mask}
         self.harm = None
         if cfg["harmonizer"]:
@@ -212,13 +243,18 @@ class RNNGenerator(Generator):
         last_start = 0.0
         temperature = float(cfg["temperature"] if context.temperature is None else context.temperature)
         self._answer_temperature = temperature
+        waits = 0
         while True:
             ev = st.sample(temperature, float(cfg["top_p"]), self.masks)
             st.feed(ev)
             t += ev[0]
             self.last_onset = t
             if ev[1] == enc.WAIT:
+                waits += 1
+                if waits > MAX_GAP_WAITS:
+                    return
                 continue
+            waits = 0
             if shift is None:
                 shift = base - t  # the answer's first note sounds as the answer starts
             start = max(last_start, (t + shift - base) / enc.STEPS_PER_BEAT)
@@ -234,8 +270,8 @@ class RNNGenerator(Generator):
         now = enc.beats_to_steps(event.beat)
         dt = 0 if self.harm_last is None else min(enc.MAX_DT, max(0, now - self.harm_last))
         self.harm_last = now
-        ev = self.harm.sample(float(self.config["temperature"]), float(self.config["top_p"]),
-                              given=(dt, event.pitch))
+        temperature = self.config["temperature"] if context.temperature is None else context.temperature
+        ev = self.harm.sample(float(temperature), float(self.config["top_p"]), given=(dt, event.pitch))
         self.harm.feed(ev)
         vel = max(1, int(event.velocity * 0.8))
         notes, seen = [], {event.pitch}

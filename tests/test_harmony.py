@@ -149,3 +149,29 @@ def test_bad_config():
         HarmonyGenerator({"voices": 5})
     with pytest.raises(ValueError):
         HarmonyGenerator({"key": "nonsense"})
+
+
+def test_reset_forgets_the_key_of_the_last_song():
+    """reset() runs on the DAW's transport Stop and when the generator is selected again
+    (contract: forget phrase state).  Before, the key estimated from the last song stayed,
+    so the first notes of a new song in another key got the old key's chords."""
+
+    def on(p, b):
+        return PlayedEvent(True, p, 100, 0, b, b / 2)
+
+    old = HarmonyGenerator({})
+    for i, p in enumerate([64, 66, 67, 69, 71, 72, 74, 75, 76] * 3):  # E minor
+        old.observe(on(p, float(i)))
+    old.reset()
+    fresh = HarmonyGenerator({})
+    first = on(70, 40.0)  # the new song starts on B flat
+    for g in (old, fresh):
+        g.observe(first)
+    assert old.key() == fresh.key() == (10, "major")
+    assert old.accompany(first, Context(120.0, 40.0)) == fresh.accompany(first, Context(120.0, 40.0))
+
+
+def test_reset_keeps_a_fixed_key():
+    g = HarmonyGenerator({"key": "D minor"})
+    g.reset()
+    assert g.key() == (2, "minor")

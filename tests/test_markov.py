@@ -290,3 +290,20 @@ def test_observe_work_does_not_grow_with_history():
     notes = list(gen.continuation(ctx(max_notes=10)))
     assert len(notes) == 10
 
+
+
+def test_the_performers_live_temperature_overrides_the_configured_one(monkeypatch):
+    """The temperature knob / the status screen's +/- (Context.temperature, contract 1.1) is
+    'the generator's sampling temperature' (docs/controllers.md); before, markov ignored it
+    and always sampled at its configured temperature."""
+    import plugins.markov as markov
+
+    gen, _ = trained(temperature=1.0)
+    seen = []
+    real = markov._choose
+    monkeypatch.setattr(markov, "_choose", lambda rng, w, t: seen.append(t) or real(rng, w, t))
+    list(gen.continuation(ctx(max_notes=4, temperature=0.3)))
+    assert seen and set(seen) == {0.3}
+    seen.clear()
+    list(gen.continuation(ctx(max_notes=4)))  # not set by the performer: the configured one
+    assert seen and set(seen) == {1.0}

@@ -1,5 +1,6 @@
 """plugins/rnn.py: observe one step per note, lazy interruptible continuation, accompaniment."""
 
+import itertools
 import logging
 
 import pytest
@@ -175,3 +176,86 @@ def test_live_temperature_reaches_the_sampler(ckpts, monkeypatch):
     next(iter(gen.continuation(Context(120.0, 1.0, 8, 8.0, temperature=0.3))))
     next(iter(gen.continuation(Context(120.0, 1.0, 8, 8.0))))
     assert seen[0] == 0.3 and seen[-1] == gen.config["temperature"]
+
+
+def test_a_model_that_only_waits_ends_its_answer_instead_of_hanging(ckpts, monkeypatch):
+    """A pull is O(1): when the sampler keeps choosing WAIT (a pitch range or key the model
+    barely covers), next() must not loop for ever inside one call (before: it only came
+    back after the sampler chose a pitch, i.e. never for a range the model cannot sample;
+    'midi-bridge render' hung and the live bridge only said the budget was overrun)."""
+    from bridge.model import encoding as enc
+
+    g = make(ckpts)
+    g.observe(ev(True, 60, 0.0)), g.observe(ev(False, 60, 0.5))
+    calls = []
+
+    def waits_a_lot(*a, **k):
+        calls.append(1)
+        return (enc.MAX_DT, enc.WAIT, 0, 0) if len(calls) <= 1000 else (6, 60, 6, 16)
+
+    monkeypatch.setattr(g.st, "sample", waits_a_lot)
+    notes = list(itertools.islice(g.continuation(Context(120.0, 1.0, 8, 8.0)), 8))
+    assert len(calls) <= 8, f"{len(calls)} samples in one pull"
+    assert notes == []
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"low": 100, "high": 50}, ["low", "high"]),
+    ({"low": 61, "high": 61, "key": "C major"}, ["key", "C major", "61"]),
+    ({"high": "top"}, ["high"]),
+])
+def test_a_pitch_range_with_nothing_to_play_is_refused_at_construction(ckpts, settings, words):
+    with pytest.raises(ValueError) as e:
+        make(ckpts, **settings)
+    for w in words:
+        assert w in str(e.value), f"{w!r} missing from: {e.value}"
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"temperature": "hot"}, "temperature"),
+    ({"temperature": -1}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"top_p": "most"}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"copy": "more"}, "copy"),
+    ({"seed": "abc"}, "seed"),
+])
+def test_bad_sampling_settings_are_refused_at_construction_naming_the_key(ckpts, settings, key):
+    """Before: 'temperature: hot' or 'top_p: most' started the bridge and then raised at the
+    first answer (the generator was swapped out for thru in the middle of playing)."""
+    with pytest.raises(ValueError) as e:
+        make(ckpts, **settings)
+    assert f"generators.rnn.{key}" in str(e.value)
+
+
+def test_live_temperature_reaches_the_harmonizer(ckpts, monkeypatch):
+    """The performer's temperature knob (Context.temperature) applies in accompany mode too."""
+    gen = make(ckpts)
+    seen = []
+    real = gen.harm.sample
+    monkeypatch.setattr(gen.harm, "sample", lambda t, *a, **k: seen.append(t) or real(t, *a, **k))
+    e = ev(True, 72, 0.0)
+    gen.observe(e)
+    gen.accompany(e, Context(120.0, 0.0, temperature=0.3))
+    gen.accompany(e, Context(120.0, 0.0))
+    assert seen == [0.3, gen.config["temperature"]]
+
+
+@pytest.fixture(scope="module")
+def gan_plugin():
+    from plugins.gan import GANGenerator
+
+    return GANGenerator
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"temperature": "hot"}, "temperature"),
+    ({"temperature": -0.5}, "temperature"),
+    ({"bars": "four"}, "bars"),
+    ({"bars": 0}, "bars"),
+    ({"seed": "abc"}, "seed"),
+])
+def test_gan_bad_settings_are_refused_at_construction_naming_the_key(gan_plugin, settings, key):
+    with pytest.raises(ValueError) as e:
+        gan_plugin(settings)
+    assert f"generators.gan.{key}" in str(e.value)

@@ -60,6 +60,22 @@ def discover() -> dict[str, PluginInfo]:
     return found
 
 
+def _broken(fn):
+    """Anything else a plugin's class or constructor makes discovery's own code raise (a
+    ``modes`` that is not iterable, a read-only ``name``, ...) is reported as the plugin's
+    failure too: it must not kill a live swap's loader thread or print a traceback."""
+    def wrapper(info: PluginInfo, *args):
+        try:
+            return fn(info, *args)
+        except PluginError:
+            raise
+        except _PLUGIN_FAILURES as e:
+            return _fail(info, f"broken plugin class: {type(e).__name__}: {e}")
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
+
+
+@_broken
 def load_class(info: PluginInfo) -> type:
     """Import the plugin's class; on failure record the reason and raise :class:`PluginError`."""
     if info.cls is not None:
@@ -89,6 +105,7 @@ def load_class(info: PluginInfo) -> type:
     return cls
 
 
+@_broken
 def create(info: PluginInfo, settings: Mapping[str, Any] | None) -> Generator:
     """Construct the plugin with its settings, checked against its ``default_config``."""
     cls = load_class(info)

@@ -73,6 +73,8 @@ class GeneratorHost:
                 gen, err = self.get(name), ""
             except PluginError as e:
                 gen, err = None, str(e)
+            except Exception as e:  # noqa: BLE001 - the swap must be answered, never lost
+                gen, err = None, f"generator '{name}': {type(e).__name__}: {e}"
             finally:
                 with self._lock:
                     self._loading.discard(name)

@@ -358,3 +358,30 @@ def test_an_api_version_that_is_not_a_major_is_explained_not_blamed_on_the_versi
 
 def test_an_integral_float_api_version_still_loads():
     assert discovery.load_class(_info("floatapi", lambda: _FloatMajorApi)) is _FloatMajorApi
+
+
+class _ModesNone(Generator):
+    modes = None  # not iterable: discovery's own checks raise TypeError
+
+
+class _ReadOnlyName(Generator):
+    modes = frozenset({"continue"})
+    name = property(lambda self: "")  # the bridge cannot set it
+
+
+@pytest.mark.parametrize("cls", [_ModesNone, _ReadOnlyName])
+def test_a_plugin_broken_in_an_unforeseen_way_is_a_reported_failure_live_and_at_start(cls):
+    """Not a PluginError from discovery's checks: the loader thread died silently (the swap
+    never happened, nothing logged) and start-up printed a traceback."""
+    host = GeneratorHost({}, plugins={"odd": _info("odd", lambda: cls)}, post=None)
+    with pytest.raises(PluginError) as e:
+        host.get("odd")
+    assert "plugin 'odd'" in str(e.value)
+    posted = []
+    host = GeneratorHost({}, plugins={"odd": _info("odd", lambda: cls)}, post=posted.append)
+    host.request("odd", lambda *a: None)
+    for _ in range(200):
+        if posted:
+            break
+        time.sleep(0.01)
+    assert posted and posted[0][:3] == ("swap", "odd", None) and "plugin 'odd'" in posted[0][3]

@@ -342,3 +342,32 @@ def test_external_plugin_continues(echo_plugin, start_bridge, driver):
     got = midi.wait_for(lambda ms: len(note_ons(ms)) >= 3, timeout=10, what="the echoed phrase")
     assert [m.data[1] for m in note_ons(got)][:3] == [72, 74, 76]
     midi.wait_for(lambda ms: not unmatched_note_ons(ms), timeout=5, what="note-offs")
+
+
+@pytest.mark.jack
+def test_a_plugin_stuck_in_native_code_has_its_sounding_notes_ended(echo_plugin, start_bridge, driver):
+    """The watchdog cannot cut a plugin blocked in C (time.sleep here); while it is stuck the
+    engine thread sends nothing.  The watchdog ends the sounding notes itself, well before
+    the plugin returns, and the bridge plays on afterwards."""
+    config = {**CONFIG, "generators": {"echo": {"stall_pitch": 61, "stall_s": 4.0}}}
+    bridge = start_bridge("--mode", "accompany", "--generator", echo_plugin, config=config)
+    midi = driver(bridge)
+    midi.note_on(60, 90, PLAYER_CH)
+    midi.wait_for(lambda ms: note_ons(ms), timeout=3, what="the echo of 60")
+    t0 = time.monotonic()
+    midi.note_on(61, 90, PLAYER_CH)   # the plugin blocks for 4 s in accompany
+    got = midi.wait_for(lambda ms: any(m.is_note_off and m.data[1] == 72 for m in ms)
+                        and any(m.is_cc(123) and m.channel == OUT_CH for m in ms),
+                        timeout=3.5, what="the watchdog's note-off for 72 and CC123")
+    assert time.monotonic() - t0 < 3.5  # (the plugin is still asleep)
+    assert not unmatched_note_ons(got)
+    assert "stuck" in bridge.output and "echo" in bridge.output
+    midi.note_off(60, PLAYER_CH)
+    midi.note_off(61, PLAYER_CH)
+    time.sleep(4.5)                   # the plugin returns; the bridge goes on
+    n = len(midi.messages())
+    midi.note_on(64, 90, PLAYER_CH)
+    midi.wait_for(lambda ms: any(m.is_note_on and m.data[1] == 76 for m in ms[n:]), timeout=3,
+                  what="the echo of 64 after the stall")
+    midi.note_off(64, PLAYER_CH)
+    midi.wait_for(lambda ms: not unmatched_note_ons(ms), timeout=3, what="every note ended")

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 CONT = "cont"
 THRU = "thru"
+#: At most this many accompaniment notes per played note (a plugin's runaway list must not
+#: turn one event into thousands of notes).
+MAX_ACCOMPANY = 128
 CONTROL = ctl_mod.CONTROL
 MODES = ctl_mod.MODES
 
@@ -397,7 +400,13 @@ class Engine(ctl_mod.LiveControls):
                     self._acc_notes.clear()
                     self._last = (None, self._acc_notes)
                 density = self.controls["density"]
-                for n in notes:
+                for i, n in enumerate(notes):
+                    if i == MAX_ACCOMPANY:
+                        self.stats["bad_notes"] += len(notes) - i
+                        self._warn_once("acc_cap", f"generator '{self.gen_name}' returned {len(notes)} "
+                                        f"accompaniment notes for one played note; only the first "
+                                        f"{MAX_ACCOMPANY} are played")
+                        break
                     if density < 1.0 and self._rng.random() >= density:
                         self.stats["thinned"] += 1
                         continue

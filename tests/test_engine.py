@@ -1179,3 +1179,24 @@ def test_an_answer_on_a_clock_without_transport_goes_on_when_the_daw_starts():
     assert len(gaps) >= 10, gaps
     assert set(gaps) <= {124, 125, 126}, gaps
     assert unmatched(rig.msgs()) == {}
+
+
+def test_a_runaway_accompaniment_is_capped(caplog):
+    """One played note answered with thousands of notes: the first MAX_ACCOMPANY play, the
+    rest are counted as bad notes and named once in the log."""
+    from bridge.engine import MAX_ACCOMPANY
+
+    class Flood(Intervals):
+        def accompany(self, event, context):
+            return [Note(p % 128, 80, 0.0, None) for p in range(5000)]
+
+    rig = Rig({"f": Flood}, engine={"mode": "accompany"})
+    with caplog.at_level(logging.WARNING):
+        rig.on(0, 60)
+        rig.advance(2000)
+    assert len(rig.note_ons()) == MAX_ACCOMPANY
+    assert rig.engine.stats["bad_notes"] == 5000 - MAX_ACCOMPANY
+    assert "returned 5000 accompaniment notes" in caplog.text
+    rig.off(2100, 60)
+    rig.advance(4000)
+    assert unmatched(rig.msgs()) == {}

@@ -44,16 +44,33 @@ class PluginInfo:
         return f"plugin '{self.name}' ({self.distribution} {self.version}, {self.value})"
 
 
+#: The distribution of the first-party plugins: its registration of a name always wins.
+OWN_DISTRIBUTION = "midi-bridge"
+
+
+def _dist_name(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else "?"
+
+
+def _precedence(ep) -> tuple:
+    """Which registration of a name wins, the same on every machine (the order in which
+    entry points are found follows sys.path and the file system's listing order): the
+    bridge's own, then by distribution name."""
+    dist = _dist_name(ep)
+    return ep.name, dist != OWN_DISTRIBUTION, dist.lower()
+
+
 def discover() -> dict[str, PluginInfo]:
-    """All registered generators by name (not imported).  First registration wins."""
+    """All registered generators by name (not imported).  Two registrations of a name: the
+    bridge's own wins, else the first by distribution name; a warning names the other."""
     found: dict[str, PluginInfo] = {}
-    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_precedence):
         dist = getattr(ep, "dist", None)
-        info = PluginInfo(ep.name, ep.value,
-                          dist.metadata["Name"] if dist is not None else "?",
-                          dist.version if dist is not None else "?")
+        info = PluginInfo(ep.name, ep.value, _dist_name(ep), dist.version if dist is not None else "?")
         if ep.name in found:
-            log.warning("%s is shadowed by %s with the same name", info.where(), found[ep.name].where())
+            log.warning("%s is shadowed by %s with the same name (uninstall one of them to choose)",
+                        info.where(), found[ep.name].where())
             continue
         info._ep = ep  # type: ignore[attr-defined]
         found[ep.name] = info

@@ -78,6 +78,7 @@ def fake_plugins(tmp_path, monkeypatch):
         monkeypatch.delitem(sys.modules, name, raising=False)
     good = FakeDist("good-gens", "1.2.3")
     bad = FakeDist("broken-gens", "0.0.1")
+    shadow = FakeDist("shadow-gens", "0.0.2")  # (after good-gens by name: good-gens wins)
     eps = [
         FakeEntryPoint("good", f"{mod}:Good", good),
         FakeEntryPoint("other", f"{mod}:Other", good),
@@ -88,7 +89,7 @@ def fake_plugins(tmp_path, monkeypatch):
         FakeEntryPoint("notagen", f"{mod}:NotAGenerator", bad),
         FakeEntryPoint("factory", f"{mod}:factory", bad),
         FakeEntryPoint("explodes", f"{mod}:Explodes", bad),
-        FakeEntryPoint("good", f"{mod}:Other", bad),   # same name registered twice
+        FakeEntryPoint("good", f"{mod}:Other", shadow),   # same name registered twice
     ]
 
     def entry_points(**kw):
@@ -96,7 +97,7 @@ def fake_plugins(tmp_path, monkeypatch):
         return list(eps)
 
     monkeypatch.setattr(discovery.metadata, "entry_points", entry_points)
-    return {ep.name + ("#2" if ep.dist is bad and ep.name == "good" else ""): ep for ep in eps}
+    return {ep.name + ("#2" if ep.dist is shadow else ""): ep for ep in eps}
 
 
 def test_discover_lists_without_importing(fake_plugins):
@@ -109,11 +110,27 @@ def test_discover_lists_without_importing(fake_plugins):
     assert (infos["oldapi"].distribution, infos["oldapi"].version) == ("broken-gens", "0.0.1")
 
 
-def test_first_registration_of_a_name_wins(fake_plugins, caplog):
-    with caplog.at_level(logging.WARNING):
-        infos = discovery.discover()
-    assert infos["good"].distribution == "good-gens"
-    assert "shadowed" in caplog.text
+def test_a_name_registered_twice_goes_to_the_same_one_on_every_machine(fake_plugins, caplog, monkeypatch):
+    """Entry points come in sys.path and directory-listing order, which differs between
+    machines: the winner is by distribution name, whatever the order found."""
+    eps = list(fake_plugins.values())
+    for order in (eps, eps[::-1]):
+        monkeypatch.setattr(discovery.metadata, "entry_points", lambda order=order, **kw: list(order))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            infos = discovery.discover()
+        assert infos["good"].distribution == "good-gens"
+        assert "shadow-gens" in caplog.text and "shadowed" in caplog.text
+
+
+def test_the_bridges_own_registration_of_a_name_wins(fake_plugins, monkeypatch):
+    """A third-party 'markov' never replaces the first-party one, wherever it is installed."""
+    own = FakeDist(discovery.OWN_DISTRIBUTION, "0.1")
+    eps = [FakeEntryPoint("markov", "fake_x:Markov", FakeDist("a-markov", "1.0")),
+           FakeEntryPoint("markov", "plugins.markov:MarkovGenerator", own)]
+    for order in (eps, eps[::-1]):
+        monkeypatch.setattr(discovery.metadata, "entry_points", lambda order=order, **kw: list(order))
+        assert discovery.discover()["markov"].distribution == discovery.OWN_DISTRIBUTION
 
 
 @pytest.mark.parametrize("name, reason", [

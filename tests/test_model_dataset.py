@@ -59,3 +59,60 @@ def test_prepare_harmony_view(tmp_path):
     assert meta["styles"] == ["chorale"]
     split = next(s for s in ("train", "val", "test") if meta["counts"][s]["pieces"])
     assert load_split(tmp_path / "ds", split).events.shape[1] == 5
+
+
+def test_prepare_nothing_usable_says_so(tmp_path, capsys):
+    """A folder of only bad files is an error (exit 2) that lists each file's reason, and
+    no empty dataset is written; a folder without MIDI files says so."""
+    from bridge.model.cli import main as model_cli
+
+    src = tmp_path / "bad"
+    src.mkdir()
+    (src / "junk.mid").write_bytes(b"garbage")
+    (src / "notes.txt").write_text("not MIDI")
+    write_midi(src / "short.mid", [[GridNote(0, 60, 12)]])
+    assert model_cli(["prepare", str(src), "-o", str(tmp_path / "ds")]) == 2
+    err = capsys.readouterr().err
+    assert "junk.mid: unreadable MIDI" in err and "short.mid: too short" in err
+    assert "none of the 2 MIDI file(s) is usable" in err
+    assert not (tmp_path / "ds").exists()
+    (tmp_path / "empty").mkdir()
+    assert model_cli(["prepare", str(tmp_path / "empty"), "-o", str(tmp_path / "ds")]) == 2
+    assert "no MIDI files" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+
+
+def _type0(path, voices, n=12):
+    """A type 0 file: voice v on channel v (pitches from voices[v]), each voice's notes a
+    quarter long; voice 0 (the melody) is silent on the off-beats, the others are not."""
+    import mido
+
+    events = []  # (tick, on, channel, pitch)
+    for v, base in enumerate(voices):
+        step = 480 if v == 0 else 240
+        for i in range(n * 480 // step):
+            events += [(i * step, 1, v, base + i % 3), ((i + 1) * step - (0 if v == 0 else 240) // 2, 0, v, base + i % 3)]
+    events.sort(key=lambda e: (e[0], e[1]))
+    tr, last = mido.MidiTrack(), 0
+    for tick, on, ch, pitch in events:
+        tr.append(mido.Message("note_on", channel=ch, note=pitch, velocity=80 if on else 0, time=tick - last))
+        last = tick
+    mid = mido.MidiFile(type=0, ticks_per_beat=480)
+    mid.tracks.append(tr)
+    mid.save(path)
+
+
+def test_type0_file_channels_are_tracks(tmp_path):
+    """In a type 0 file (all channels in one track) --mono keeps the melody channel only,
+    and the harmony view finds the lower voices."""
+    from bridge.model.dataset import encode_file
+    from bridge.model.midifile import read_midi
+
+    _type0(tmp_path / "t0.mid", [76, 64, 55, 43])
+    piece = read_midi(tmp_path / "t0.mid")
+    assert len(piece.tracks) == 4
+    rows, info, _ = encode_file(tmp_path / "t0.mid", "notes", mono=True)
+    assert rows is not None and sorted(set(rows[:, 1].tolist())) == [76, 77, 78]
+    assert len(rows) == 12 and (rows[1:, 0] == 12).all()
+    rows, info, _ = encode_file(tmp_path / "t0.mid", "harmony", mono=False)
+    assert rows is not None, info
+    assert rows[:, 1].tolist()[:3] == [76, 77, 78] and (rows[:, 2:] != 48).all()

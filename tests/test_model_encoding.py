@@ -129,3 +129,37 @@ def test_zero_length_note_written_off_before_on(tmp_path):
     piece = read_midi(tmp_path / "g.mid")
     assert [(n.start, n.pitch, n.dur) for n in piece.all_notes()] == [(0, 60, 12), (12, 72, 12)]
     assert piece.stats.counts["zero-length note dropped"] == 1
+
+
+def test_corrupt_huge_delta_time_is_refused(tmp_path):
+    """A delta time of 2**28 ticks (a corrupt file) would encode as hundreds of thousands
+    of WAIT rows (GBs at small ticks_per_beat); the file is skipped with a reason."""
+    from bridge.model.dataset import encode_file
+
+    mid = mido.MidiFile(ticks_per_beat=96)
+    tr = mido.MidiTrack()
+    for i in range(10):
+        tr += [mido.Message("note_on", note=60 + i, velocity=90, time=0x0FFFFFFF if i == 5 else 0),
+               mido.Message("note_off", note=60 + i, time=48)]
+    mid.tracks.append(tr)
+    mid.save(tmp_path / "gap.mid")
+    with pytest.raises(MidiFileError, match="silence of 2,796,203 beats"):
+        read_midi(tmp_path / "gap.mid")
+    rows, reason, _ = encode_file(tmp_path / "gap.mid", "notes", mono=False)
+    assert rows is None and "corrupt timing" in reason
+
+
+def test_doubled_note_offs_keep_repeated_notes(tmp_path):
+    """Some files end each note twice (note_on velocity 0 and note_off); a repeated note
+    starting at that tick is a real note, not a zero-length one."""
+    M = mido.Message
+    mid = mido.MidiFile(ticks_per_beat=12)
+    tr = mido.MidiTrack()
+    for i in range(3):
+        tr += [M("note_on", note=60, velocity=90, time=0), M("note_on", note=60, velocity=0, time=12),
+               M("note_off", note=60, time=0)]
+    mid.tracks.append(tr)
+    mid.save(tmp_path / "d.mid")
+    piece = read_midi(tmp_path / "d.mid")
+    assert [(n.start, n.pitch, n.dur) for n in piece.all_notes()] == [(0, 60, 12), (12, 60, 12), (24, 60, 12)]
+    assert not piece.stats.counts

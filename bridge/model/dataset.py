@@ -98,9 +98,11 @@ def transpose_rows(rows: np.ndarray, shift: int, view: str) -> np.ndarray | None
 def prepare(inputs, out, *, view="notes", mono=False, style=None, transpose=0, jobs=1,
             min_notes=8, log=print) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     spec = NOTE_SPEC if view == "notes" else HARMONY_SPEC
     files = find_midi(inputs)
+    if not files:
+        raise ValueError(f"no MIDI files ({', '.join(MIDI_SUFFIXES)}) found in {', '.join(map(str, inputs))}; "
+                         "give .mid files or folders that contain them")
     tasks = [(f, view, mono, min_notes) for f, _ in files]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as ex:
@@ -135,6 +137,12 @@ def prepare(inputs, out, *, view="notes", mono=False, style=None, transpose=0, j
                 moved = transpose_rows(rows, shift, view) if shift else None
                 if moved is not None:
                     pieces[split].append((moved, sid, shift))
+    for s in skipped:
+        log(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    if not seen:  # nothing usable: say so instead of writing an empty dataset
+        raise ValueError(f"none of the {len(files)} MIDI file(s) is usable (each skipped file is listed above "
+                         f"with its reason); nothing written to {out}")
+    out.mkdir(parents=True, exist_ok=True)
     counts = {}
     digest_all = hashlib.sha256()
     for split in SPLITS:
@@ -148,8 +156,6 @@ def prepare(inputs, out, *, view="notes", mono=False, style=None, transpose=0, j
             "mono": bool(mono), "styles": styles, "transpose": int(transpose), "counts": counts,
             "cleaning": cleaning, "skipped": skipped, "files": listing, "dataset_hash": digest_all.hexdigest()}
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    for s in skipped:
-        log(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
     for split in SPLITS:
         c = counts[split]
         log(f"{split:5s}: {c['files']:5d} files {c['pieces']:6d} pieces {c['events']:8d} events")

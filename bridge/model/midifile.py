@@ -1,11 +1,13 @@
 """Reading and cleaning .mid files with mido, and writing grid notes back to MIDI.
 
 Cleaning (each counted in :class:`CleanStats`): drum tracks and channel 10 notes are
-dropped, empty tracks ignored, unterminated notes closed at the track's end, notes are
+dropped, the channels of a track (every track of a type 0 file) read as separate tracks,
+empty tracks ignored, unterminated notes closed at the track's end, notes are
 snapped to the grid, zero-length notes dropped (a note that only becomes zero-length by
 snapping keeps one step), overlapping notes of one pitch are cut where the next starts,
 duplicates removed, notes longer than 8 beats clipped, and tempos outside
-20-400 bpm ignored (times are in beats, so tempo only matters when writing back).
+20-400 bpm ignored (times are in beats, so tempo only matters when writing back).  A file
+with a silence of more than :data:`MAX_GAP_BEATS` beats (a corrupt delta time) is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .encoding import MAX_DUR, STEPS_PER_BEAT, GridNote, bin_to_vel, vel_to_bin
 
 DRUM_CHANNEL = 9
 TEMPO_RANGE = (20.0, 400.0)
+MAX_GAP_BEATS = 4096  # a longer silence (34 minutes at 120 bpm) skips the file
 
 
 class MidiFileError(Exception):
@@ -77,21 +80,32 @@ def read_midi(path: str | Path, data: bytes | None = None) -> Piece:
         if raw is None:
             stats.add("drum track dropped")
             continue
-        notes = _snap(raw, tpb, ti, stats)
-        if notes:
-            tracks.append(notes)
-        else:
-            stats.add("empty track ignored")
+        # one part per channel: a type 0 file (or any track) that carries melody, bass and
+        # chords on separate channels is read as separate tracks, as a type 1 file would be
+        channels = sorted({r[4] for r in raw})
+        parts = [[r[:4] for r in raw if r[4] == ch] for ch in channels] or [[]]
+        for part in parts:
+            notes = _snap(part, tpb, len(tracks), stats)
+            if notes:
+                tracks.append(notes)
+            else:
+                stats.add("empty track ignored")
     if not tracks:
         raise MidiFileError("no notes (empty or drums only)")
+    onsets = sorted({0} | {n.start for t in tracks for n in t})
+    gap = max(b - a for a, b in zip(onsets, onsets[1:])) if len(onsets) > 1 else 0
+    if gap > MAX_GAP_BEATS * STEPS_PER_BEAT:  # a corrupt delta time; encoding it would take GBs
+        raise MidiFileError(f"a silence of {gap // STEPS_PER_BEAT:,} beats between notes "
+                            f"(more than {MAX_GAP_BEATS:,}: corrupt timing?)")
     return Piece(tracks, tempo or 120.0, stats)
 
 
 def _track_notes(track, stats: CleanStats):
-    """(start_tick, end_tick, pitch, vel) of one track, or None for a drum track."""
+    """(start_tick, end_tick, pitch, vel, channel) of one track, or None for a drum track."""
     now = 0
     open_: dict[tuple[int, int], list[tuple[int, int]]] = {}
     orphan_off: dict[tuple[int, int], int] = {}  # note-offs with nothing open, by tick
+    closed: dict[tuple[int, int], int] = {}  # the tick each key's last note ended
     out = []
     drums = other = 0
     name = ""
@@ -115,13 +129,14 @@ def _track_notes(track, stats: CleanStats):
             stack = open_.get(key)
             if stack:
                 start, vel = stack.pop(0)
-                out.append((start, now, msg.note, vel))
-            else:
+                out.append((start, now, msg.note, vel, msg.channel))
+                closed[key] = now
+            elif closed.get(key) != now:  # not a doubled note-off (note_on 0 + note_off) of a note just ended
                 orphan_off[key] = now
-    for (_, pitch), stack in open_.items():
+    for (channel, pitch), stack in open_.items():
         for start, vel in stack:
             stats.add("unterminated note closed")
-            out.append((start, max(now, start), pitch, vel))
+            out.append((start, max(now, start), pitch, vel, channel))
     if drums:
         stats.add("drum notes dropped", drums)
     if other == 0 and (drums or "drum" in name):

@@ -447,3 +447,33 @@ def test_key_normalised_generator_is_transposition_equivariant(tmp_path):
     assert isinstance(loaded.gen, gan.KeyNormalised) and "inner.fc.weight" not in torch.load(
         tmp_path / "k.pt", weights_only=True)["generator"]
     check_melody(gan.generate_melodies(loaded, 2, bars=2)[0], 2)
+
+
+def test_train_gan_refuses_a_harmony_dataset(tmp_path, capsys):
+    from bridge.cli import main
+    from test_model_dataset import make_corpus
+
+    from bridge.model.dataset import prepare
+
+    make_corpus(tmp_path / "src", n=6, voices=4)
+    prepare([tmp_path / "src"], tmp_path / "harm", view="harmony", log=lambda *a, **k: None)
+    assert main(["train-gan", "-d", str(tmp_path / "harm"), "-o", str(tmp_path / "run"), "--epochs", "1",
+                 "--quiet"]) == 2
+    assert "is a harmony dataset; the GAN needs a melody dataset (midi-bridge prepare --mono)" in \
+        capsys.readouterr().err
+
+
+def test_train_gan_resume_refuses_another_dataset(tmp_path, capsys):
+    from bridge.cli import main
+
+    ds = write_dataset(tmp_path / "ds")
+    other = write_dataset(tmp_path / "other")
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps(dict(meta, dataset_hash="another", styles=["a", "b", "c"])))
+    common = ["train-gan", "-o", str(tmp_path / "run"), "--steps-per-epoch", "2", "--batch", "8", "--z", "8",
+              "--channels", "16", "--cond", "8", "--val-count", "4", "--eval-count", "0", "--quiet"]
+    assert main(common + ["-d", str(ds), "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(common + ["-d", str(other), "--epochs", "2", "--resume"]) == 2
+    assert "was trained on another dataset" in capsys.readouterr().err
+    assert main(common + ["-d", str(ds), "--epochs", "2", "--resume"]) == 0

@@ -98,3 +98,97 @@ def test_evaluate_json(dataset, tmp_path, capsys):
         assert set(res[name]) >= {"bits_per_note", "accuracy", "perplexity"}
         assert res[name]["bits_per_note"] > 0 and 0 <= res[name]["accuracy"] <= 1
         assert res[name]["perplexity"] == pytest.approx(2 ** res[name]["bits_per_note"], rel=1e-2)
+
+
+def _small_dataset(root, files, style="folk"):
+    """A prepared dataset of the given corpus files (sha256-split: choose them to leave a split empty)."""
+    import shutil
+
+    src = root / "src" / style
+    src.mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, src / f.name)
+    prepare([root / "src"], root / "ds", mono=True, log=lambda *a, **k: None)
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def corpus_files(tmp_path_factory):
+    from bridge.model.dataset import split_of
+
+    root = tmp_path_factory.mktemp("corpus")
+    make_corpus(root / "src", n=20)
+    import hashlib
+
+    by_split = {"train": [], "val": [], "test": []}
+    for f in sorted((root / "src").rglob("[0-9]*.mid")):
+        by_split[split_of(hashlib.sha256(f.read_bytes()).hexdigest())].append(f)
+    return by_split
+
+
+def test_train_without_train_or_val_split(corpus_files, tmp_path, capsys):
+    """An empty train split is an error; an empty val split (a small collection) trains on,
+    selecting on the training loss, instead of stopping after the first epochs at 0 bits."""
+    ds = _small_dataset(tmp_path / "a", corpus_files["test"][:2] + corpus_files["val"][:1])
+    assert model_cli(["train", "-d", str(ds), "-o", str(tmp_path / "ra"), "--epochs", "1", *TINY]) == 2
+    assert "the train split of" in capsys.readouterr().err
+    assert not (tmp_path / "ra" / "best.pt").exists()
+    ds = _small_dataset(tmp_path / "b", corpus_files["train"][:3])
+    assert model_cli(["train", "-d", str(ds), "-o", str(tmp_path / "rb"), "--epochs", "4", "--patience", "1",
+                      "--lr", "0.01", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "val split of" in err and "follow the training loss" in err
+    _, meta, _ = checkpoint.load(tmp_path / "rb" / "last.pt")
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3, 4]
+    assert all(h["val_bits_per_note"] > 0 for h in meta["history"])
+
+
+def test_evaluate_empty_split_is_a_clear_error(corpus_files, tmp_path, capsys):
+    ds = _small_dataset(tmp_path / "a", corpus_files["train"][:3] + corpus_files["test"][:1])
+    run = tmp_path / "run"
+    assert model_cli(["train", "-d", str(ds), "-o", str(run), "--epochs", "1", *TINY]) == 0
+    capsys.readouterr()
+    for extra in ([], ["--no-markov"]):
+        assert model_cli(["evaluate", "--checkpoint", str(run / "best.pt"), "--dataset", str(ds), "--split", "val",
+                          "--json", *extra]) == 2
+        out = capsys.readouterr()
+        assert out.out == "" and "the val split of" in out.err and "--split" in out.err
+    # the test split has notes; the markov order is not tuned on the empty val split
+    assert model_cli(["evaluate", "--checkpoint", str(run / "best.pt"), "--dataset", str(ds), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["markov"]["order"] == 8 and res["markov"]["tuning"] == []
+    assert all(res[k]["bits_per_note"] > 0 for k in ("rnn", "markov", "unigram"))
+
+
+def test_resume_refuses_another_dataset_or_model(dataset, corpus_files, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert model_cli(["train", "-d", str(dataset), "-o", str(run), "--epochs", "1", *TINY]) == 0
+    other = _small_dataset(tmp_path / "o", corpus_files["train"][:3] + corpus_files["val"][:1])
+    capsys.readouterr()
+    assert model_cli(["train", "-d", str(other), "-o", str(run), "--epochs", "2", "--resume", *TINY]) == 2
+    assert "another dataset" in capsys.readouterr().err
+    big = TINY[2:] + ["--hidden", "24", "--kind", "lstm"]
+    assert model_cli(["train", "-d", str(dataset), "-o", str(run), "--epochs", "2", "--resume", *big]) == 2
+    err = capsys.readouterr().err
+    assert "kind lstm, the run's gru" in err and "--hidden 16" in err and "Traceback" not in err
+    _, meta, _ = checkpoint.load(run / "last.pt")
+    assert len(meta["history"]) == 1  # untouched
+    assert model_cli(["train", "-d", str(dataset), "-o", str(run), "--epochs", "2", "--resume", *TINY]) == 0
+
+
+def test_wrong_kind_or_truncated_checkpoint_messages(dataset, tmp_path, capsys):
+    from bridge.model import gan
+
+    run = tmp_path / "run"
+    assert model_cli(["train", "-d", str(dataset), "-o", str(run), "--epochs", "1", *TINY]) == 0
+    with pytest.raises(checkpoint.CheckpointError, match="is a midi-bridge GAN checkpoint .*midi-bridge train"):
+        checkpoint.load(ROOT / "models" / "gan.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="is a midi-bridge RNN checkpoint .*midi-bridge train-gan"):
+        gan.load(run / "best.pt")
+    (tmp_path / "cut.pt").write_bytes((run / "best.pt").read_bytes()[:3000])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or not a PyTorch checkpoint"):
+        checkpoint.load(tmp_path / "cut.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not a midi-bridge RNN checkpoint: give one"):
+        checkpoint.load(dataset / "train.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="folder"):
+        checkpoint.load(run)

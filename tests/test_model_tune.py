@@ -134,3 +134,26 @@ def test_evaluate_without_theory_keeps_its_shape(tiny_data, capsys):
                       "--no-markov"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) == {"rnn", "unigram", "split", "dataset_hash"}
+
+
+def test_tune_refuses_a_dataset_that_does_not_fit_the_checkpoint(tiny_data, tmp_path, capsys):
+    """-d of another view (a harmony dataset) or with other styles: a message, not a numpy error."""
+    from bridge.cli import main
+    from test_model_dataset import make_corpus
+
+    d = tiny_data
+    make_corpus(tmp_path / "src", n=6, voices=4)
+    assert model_cli(["prepare", str(tmp_path / "src"), "-o", str(tmp_path / "harm"), "--view", "harmony"]) == 0
+    assert model_cli(["prepare", str(tmp_path / "src"), "-o", str(tmp_path / "one"), "--mono",
+                      "--style", "jazz"]) == 0
+    capsys.readouterr()
+    common = ["tune", "--checkpoint", str(d / "m.pt"), "-o", str(tmp_path / "t.pt"), "--iterations", "1",
+              "--batch", "2", "--notes", "4", "--quiet"]
+    assert main(common + ["-d", str(tmp_path / "harm")]) == 2
+    assert "is a harmony dataset" in capsys.readouterr().err
+    assert main(common + ["-d", str(tmp_path / "one")]) == 2
+    assert "styles ['jazz']" in capsys.readouterr().err
+    assert main(common + ["-d", str(tmp_path / "nope")]) == 2
+    assert "not a prepared dataset" in capsys.readouterr().err
+    assert not (tmp_path / "t.pt").exists()
+    assert main(common + ["-d", str(d / "ds")]) == 0

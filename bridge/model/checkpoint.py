@@ -21,6 +21,7 @@ from .encoding import ENCODING_VERSION, EventSpec
 from .rnn import EventRNN, ModelConfig
 
 FORMAT = "midi-bridge-rnn"
+KNOWN_FORMATS = {FORMAT: ("RNN", "midi-bridge train or tune"), "midi-bridge-gan": ("GAN", "midi-bridge train-gan")}
 
 
 class CheckpointError(Exception):
@@ -64,9 +65,15 @@ def load_raw(path: str | os.PathLike, fmt: str = FORMAT, what: str = "RNN",
             f"import or call Python objects (possibly running code). Only checkpoints written by "
             f"{writer} are accepted. ({str(exc).splitlines()[0]})") from None
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        why = ("it is a folder, not a checkpoint file (give e.g. RUNDIR/best.pt)" if path.is_dir() else
+               f"the file is truncated or not a PyTorch checkpoint; copy it again, or give one written by {writer}")
+        raise CheckpointError(f"cannot read checkpoint {path}: {why} ({type(exc).__name__}: {exc})") from None
     if not isinstance(blob, dict) or blob.get("format") != fmt:
-        raise CheckpointError(f"{path} is not a midi-bridge {what} checkpoint")
+        other = KNOWN_FORMATS.get(blob.get("format")) if isinstance(blob, dict) else None
+        if other:
+            raise CheckpointError(f"{path} is a midi-bridge {other[0]} checkpoint (written by {other[1]}), not the "
+                                  f"{what} checkpoint needed here: give one written by {writer}")
+        raise CheckpointError(f"{path} is not a midi-bridge {what} checkpoint: give one written by {writer}")
     return blob
 
 

@@ -145,6 +145,9 @@ def split_melodies(dataset, split: str) -> tuple[list[Melody], list[int], list[s
     from .dataset import load_meta, load_split
 
     meta = load_meta(dataset)
+    if meta["spec"]["view"] != "notes":
+        raise ValueError(f"{dataset} is a {meta['spec']['view']} dataset; the GAN needs a melody dataset "
+                         "(midi-bridge prepare --mono)")
     data = load_split(dataset, split)
     mels = [piece_melody(data.piece(i).numpy()) for i in range(len(data))]
     return mels, [int(s) for s in data.styles.tolist()], list(meta["styles"])

@@ -242,6 +242,10 @@ def cmd_train_gan(args) -> int:
         loaded = gan.load(out / "last.pt")
         if loaded.disc is None or loaded.train is None:
             raise ValueError(f"{out / 'last.pt'} has no training state to resume from")
+        if loaded.meta.get("dataset_hash") not in (None, meta["dataset_hash"]):
+            raise ValueError(f"--resume: {out / 'last.pt'} was trained on another dataset than {args.dataset}; "
+                             "resume with the -d it was trained on, or start from its networks with --init "
+                             "(and a new -o directory)")
         gen, disc, cfg = getattr(loaded.gen, "inner", loaded.gen), loaded.disc, loaded.gen.cfg
         args.key_normalise = bool(loaded.meta.get("key_normalised", False))  # the run's, as its objective
         primers, primer_styles = loaded.primers.astype(np.uint8), loaded.primer_styles

@@ -133,6 +133,31 @@ class Progress:
         sys.stderr.flush()
 
 
+def _split_files(counts: dict) -> str:
+    return ", ".join(f"{s} {counts.get(s, {}).get('files', 0)}" for s in ("train", "val", "test")) + " files"
+
+
+MODEL_FLAGS = (("kind", "--kind"), ("hidden", "--hidden"), ("layers", "--layers"), ("emb", "--emb"),
+               ("head", "--head"), ("dropout", "--dropout"), ("copy", "--no-copy"))  # (config key, flag)
+
+
+def _check_resume(path, model, ck_meta: dict, cfg: ModelConfig, meta: dict, dataset) -> None:
+    """--resume continues the same run: refuse another dataset or other model flags (the
+    validation scores would not compare, the shapes may not fit)."""
+    if ck_meta.get("dataset_hash") not in (None, meta["dataset_hash"]) or model.spec.to_dict() != meta["spec"]:
+        raise ValueError(f"--resume: {path} was trained on another dataset than {dataset} (dataset hash "
+                         f"{str(ck_meta.get('dataset_hash'))[:12]}, this one {meta['dataset_hash'][:12]}); resume "
+                         "with the -d it was trained on, or train into a new -o directory")
+    have, asked = model.cfg.to_dict(), cfg.to_dict()
+    diff = [(k, have[k], asked[k]) for k, flag in MODEL_FLAGS if k in have and have[k] != asked[k]]
+    if diff:
+        given = " ".join(flag if k == "copy" else f"{flag} {have[k]}" for k, flag in MODEL_FLAGS
+                         if k in have and (k != "copy" or not have[k]))
+        raise ValueError(f"--resume: {path} is a {have['kind']} {have['layers']}x{have['hidden']} model; the flags "
+                         "ask for another (" + "; ".join(f"{f} {a}, the run's {h}" for f, h, a in diff)
+                         + f"). Resume with the run's flags ({given}), or train into a new -o directory")
+
+
 def train(args) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -160,12 +185,21 @@ def train(args) -> int:
     resume_state = None
     if args.resume and (out / "last.pt").exists():
         model, ck_meta, resume_state = checkpoint.load(out / "last.pt")
+        _check_resume(out / "last.pt", model, ck_meta, cfg, meta, args.dataset)
         cfg = model.cfg
     else:
         model = EventRNN(spec, len(meta["styles"]), cfg)
     model.to(device)
     train_pieces = featurize(args.dataset, "train", spec.sizes)
     val_pieces = featurize(args.dataset, "val", spec.sizes)
+    files = meta.get("counts", {})
+    if not train_pieces:
+        raise ValueError(f"the train split of {args.dataset} is empty ({_split_files(files)}): prepare "
+                         "splits the files about 80/10/10 by content hash; add more MIDI files and prepare again")
+    if not val_pieces and lead:
+        print(f"warning: the val split of {args.dataset} is empty ({_split_files(files)}): the learning rate, "
+              "early stopping and best.pt follow the training loss instead (add more MIDI files and prepare "
+              "again for a held-out check)", file=sys.stderr)
     val_batches = make_batches(val_pieces, args.max_len, args.batch_events, None)
     val_batches = val_batches[rank::world]
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -231,6 +265,12 @@ def train(args) -> int:
             torch.distributed.all_reduce(t)
             stats = {"nll": float(t[0]), "notes": int(t[1]), "correct": int(t[2])}
         val_bits = stats["nll"] / max(1, stats["notes"]) / LN2
+        if not stats["notes"]:  # no val split: select on the training loss
+            val_bits = run_loss
+            if world > 1:
+                t = torch.tensor([run_loss], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(t)
+                val_bits = float(t[0]) / world
         if args.schedule == "plateau":
             sched.step(val_bits)
         improved = val_bits < best - 1e-4

@@ -279,8 +279,17 @@ def cmd_tune(args) -> int:
         styles = [styles_known.index(args.style)]
     mle_pieces = None
     if args.dataset and args.mle_weight > 0:
+        from .dataset import load_meta
+        from .encoding import EventSpec
         from .train import featurize
 
+        dmeta = load_meta(args.dataset)
+        if EventSpec.from_dict(dmeta["spec"]) != model.spec:
+            raise ValueError(f"{args.dataset} is a {dmeta['spec']['view']} dataset; {args.checkpoint} is a "
+                             f"{model.spec.view} model: give the dataset it was trained on with -d")
+        if list(dmeta["styles"]) != styles_known[:len(dmeta["styles"])]:
+            raise ValueError(f"{args.dataset}'s styles {dmeta['styles']} are not {args.checkpoint}'s "
+                             f"({', '.join(styles_known)}): give the dataset it was trained on with -d")
         mle_pieces = featurize(args.dataset, "train", model.spec.sizes)
     ratings = None
     if args.ratings:

@@ -119,6 +119,28 @@ def test_graph_stepper_kernels_match_on_cpu(kind):
         a.feed(ev), b.feed(ev)
 
 
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_graph_stepper_restore_matches_cpu(kind):
+    """An answer sampled ahead and then discarded (snapshot, feeds, restore) leaves the
+    graphed stepper where the CPU stepper is: the copy gate and the logits included."""
+    from bridge.model.cuda_graph import GraphedStepper
+
+    m = tiny(kind, True)
+    a, b = Stepper(m), GraphedStepper(m, device="cpu", graphs=False)
+    a.reset(style=1), b.reset(style=1)
+    evs = piece(30).tolist()
+    for ev in evs[:10]:
+        a.feed(ev), b.feed(ev)
+    sa, sb = a.snapshot(), b.snapshot()
+    for ev in evs[10:20]:
+        a.feed(ev), b.feed(ev)
+    a.restore(sa), b.restore(sb)
+    assert b.gate_logit() == pytest.approx(a.gate_logit(), abs=1e-4)
+    for ev in evs[20:]:
+        assert b.log_prob(ev) == pytest.approx(a.log_prob(ev), abs=1e-4)
+        a.feed(ev), b.feed(ev)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 def test_graph_stepper_on_cuda():
     from bridge.model.cuda_graph import GraphedStepper

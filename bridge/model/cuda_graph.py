@@ -90,6 +90,21 @@ class GraphedStepper(Stepper):
         self.graphs = graphs
         self.restore(snap)
 
+    # -- state ----------------------------------------------------------------------------
+    def snapshot(self):
+        """The CPU stepper's snapshot plus the copy gate's device buffer (the graphed step
+        keeps the gate there, not in ``_s``)."""
+        with torch.inference_mode():
+            return super().snapshot() + (self.gate_s.clone(),)
+
+    def restore(self, snap) -> None:
+        super().restore(snap[:-1])
+        with torch.inference_mode():
+            self.gate_s.copy_(snap[-1])
+            if self._l0 is not None:  # field 0's logits back in the static buffer
+                self.logits[0].copy_(self._l0)
+                self._l0 = self.logits[0]
+
     # -- host side ----------------------------------------------------------------------
     def _upload(self, host: torch.Tensor, dev: torch.Tensor) -> None:
         dev.copy_(host, non_blocking=True)

@@ -13,6 +13,7 @@ import math
 from typing import Sequence
 
 from bridge.plugin import Context, Generator, Note, PlayedEvent
+from plugins import checked_number
 
 #: Krumhansl-Kessler probe-tone ratings, tonic first.
 MAJOR_PROFILE = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
@@ -128,13 +129,13 @@ class HarmonyGenerator(Generator):
     def __init__(self, config=None) -> None:
         super().__init__(config)
         c = self.config
-        self.voices = int(c["voices"])
-        self.spread = int(c["spread"])
-        self.velocity_scale = float(c["velocity_scale"])
-        self.low = max(0, min(127, int(c["low"])))
-        self.decay = float(c["decay"])
-        if not 1 <= self.voices <= 4 or not 0 <= self.spread <= 2 or not 0 < self.decay <= 1:
-            raise ValueError("voices must be 1..4, spread 0..2, decay in (0, 1]")
+        self.voices = checked_number("harmony", c, "voices", low=1, high=4, integer=True)
+        self.spread = checked_number("harmony", c, "spread", low=0, high=2, integer=True)
+        self.velocity_scale = float(checked_number("harmony", c, "velocity_scale", low=0))
+        self.low = checked_number("harmony", c, "low", low=0, high=127, integer=True)
+        self.decay = float(checked_number("harmony", c, "decay", low=0, high=1))
+        if self.decay <= 0:
+            raise ValueError(f"harmony: generators.harmony.decay must be above 0 (and at most 1), not {self.decay!r}")
         self.fixed_key = parse_key(c["key"]) if c["key"] else None
         self.reset_key()
 

@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any, Hashable, Iterator
 
 from bridge.plugin import Context, Generator, Note, PlayedEvent
+from plugins import checked_number
 
 
 class _Node:
@@ -253,11 +254,15 @@ class MarkovGenerator(Generator):
     def __init__(self, config=None) -> None:
         super().__init__(config)
         c = self.config
-        self.order = int(c["order"])
-        self.temperature = float(c["temperature"])
-        self.max_history = int(c["max_history"])
-        self.low = max(0, min(127, int(c["low"])))
-        self.high = max(self.low, min(127, int(c["high"])))
+        self.order = checked_number("markov", c, "order", low=0, integer=True)
+        self.temperature = float(checked_number("markov", c, "temperature", low=0))
+        self.max_history = checked_number("markov", c, "max_history", low=1, integer=True)
+        self.low = checked_number("markov", c, "low", low=0, high=127, integer=True)
+        self.high = checked_number("markov", c, "high", low=0, high=127, integer=True)
+        checked_number("markov", c, "seed", integer=True, optional=True)
+        if self.low > self.high:
+            raise ValueError(f"markov: generators.markov.low ({self.low}) is above generators.markov.high "
+                             f"({self.high}): no pitch to play (low <= high)")
         if self.order < 0 or self.max_history < 1:
             raise ValueError("order must be >= 0 and max_history >= 1")
         self.rng = random.Random(c["seed"])

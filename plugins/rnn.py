@@ -27,6 +27,7 @@ gate: negative values make answers quote the phrase less, positive more; 0 = as 
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -133,6 +134,9 @@ class RNNGenerator(Generator):
         checked_number("rnn", cfg, "top_p", low=0, high=1)
         checked_number("rnn", cfg, "copy")
         checked_number("rnn", cfg, "seed", low=0, integer=True, optional=True)
+        device = str(cfg["device"]).lower()
+        if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+            raise ValueError(f"rnn: generators.rnn.device must be auto, cpu, cuda or cuda:N, not {cfg['device']!r}")
         mask = _pitch_mask(sampling, cfg)
         self.st, meta = load_stepper(cfg["checkpoint"], cfg["device"], bool(cfg["int8"]), cfg["seed"])
         if self.st.spec.view != "notes":

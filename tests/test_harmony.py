@@ -175,3 +175,16 @@ def test_reset_keeps_a_fixed_key():
     g = HarmonyGenerator({"key": "D minor"})
     g.reset()
     assert g.key() == (2, "minor")
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"voices": "three"}, "voices"), ({"voices": 5}, "voices"), ({"spread": 3}, "spread"),
+    ({"velocity_scale": "soft"}, "velocity_scale"), ({"low": -1}, "low"), ({"decay": 0}, "decay"),
+    ({"decay": 1.5}, "decay"),
+])
+def test_bad_settings_are_refused_naming_the_key(settings, key):
+    from plugins.harmony import HarmonyGenerator
+
+    with pytest.raises(ValueError) as e:
+        HarmonyGenerator(settings)
+    assert f"generators.harmony.{key}" in str(e.value)

@@ -307,3 +307,16 @@ def test_the_performers_live_temperature_overrides_the_configured_one(monkeypatc
     seen.clear()
     list(gen.continuation(ctx(max_notes=4)))  # not set by the performer: the configured one
     assert seen and set(seen) == {1.0}
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"order": "four"}, "order"), ({"order": -1}, "order"), ({"temperature": "hot"}, "temperature"),
+    ({"max_history": 0}, "max_history"), ({"low": 200}, "low"), ({"high": "C5"}, "high"),
+    ({"low": 80, "high": 60}, "low"), ({"seed": 1.5}, "seed"),
+])
+def test_bad_settings_are_refused_naming_the_key(settings, key):
+    """Before: 'invalid literal for int()' with no setting named, or low > high silently
+    folded every answer onto one pitch."""
+    with pytest.raises(ValueError) as e:
+        MarkovGenerator(settings)
+    assert f"generators.markov.{key}" in str(e.value)

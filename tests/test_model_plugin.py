@@ -219,6 +219,7 @@ def test_a_pitch_range_with_nothing_to_play_is_refused_at_construction(ckpts, se
     ({"top_p": 1.5}, "top_p"),
     ({"copy": "more"}, "copy"),
     ({"seed": "abc"}, "seed"),
+    ({"device": "gpu"}, "device"),
 ])
 def test_bad_sampling_settings_are_refused_at_construction_naming_the_key(ckpts, settings, key):
     """Before: 'temperature: hot' or 'top_p: most' started the bridge and then raised at the

@@ -39,6 +39,7 @@ def _order(tones: list[int], pattern: str) -> list[int]:
 
 class ArpeggiatorGenerator(Generator):
     name = "arpeggiator"
+    api_version = 1  # the plugin contract's major this was written for (see docs/plugins.md)
     modes = frozenset({"continue", "accompany"})
     default_config: Mapping[str, Any] = {
         "step": 0.25,        # beats per arpeggio note (0.25: sixteenths)

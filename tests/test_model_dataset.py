@@ -3,6 +3,7 @@
 import json
 import random
 
+import pytest
 import torch
 
 from bridge.model.dataset import load_meta, load_split, prepare, split_of
@@ -79,6 +80,17 @@ def test_prepare_nothing_usable_says_so(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert model_cli(["prepare", str(tmp_path / "empty"), "-o", str(tmp_path / "ds")]) == 2
     assert "no MIDI files" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+
+
+def test_a_huge_file_is_skipped_without_being_read(tmp_path, monkeypatch):
+    from bridge.model import dataset
+
+    big = tmp_path / "big.mid"
+    write_midi(big, [[GridNote(i * 12, 60 + i % 12, 12) for i in range(40)]])
+    monkeypatch.setattr(dataset, "MAX_FILE_BYTES", big.stat().st_size - 1)
+    monkeypatch.setattr(type(big), "read_bytes", lambda self: pytest.fail("read"))
+    rows, reason, digest = dataset.encode_file(big, "notes", mono=True)
+    assert rows is None and "over the" in reason and "limit for one MIDI file" in reason
 
 
 def _type0(path, voices, n=12):

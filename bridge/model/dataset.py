@@ -52,9 +52,18 @@ def find_midi(inputs) -> list[tuple[Path, str | None]]:
     return found
 
 
+#: Larger files are skipped (a score of a few hours is well under 1 MB; "black MIDI" with
+#: millions of notes is not material for these models).
+MAX_FILE_BYTES = 32 * 2**20
+
+
 def encode_file(path: Path, view: str, mono: bool, min_notes: int = 8):
     """(rows, None) or (None, reason) for one file; never raises for a bad file."""
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:  # (read whole: a huge file would take the memory first)
+            return None, (f"{size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit for one "
+                          "MIDI file (not music to learn from, or not a MIDI file)"), None
         data = path.read_bytes()
     except OSError as exc:
         return None, f"cannot read ({exc.strerror or exc})", None

@@ -3,7 +3,7 @@
 Start-up order: resolve the backend, construct the first generator (so a broken plugin
 or checkpoint fails before any port appears), open the ports, freeze the garbage
 collector's view of start-up objects, start the engine thread, and log ``ready:``.  On
-SIGINT/SIGTERM the engine ends every sounding note (note-offs, CC64=0, CC123 on each
+SIGINT/SIGTERM/SIGHUP the engine ends every sounding note (note-offs, CC64=0, CC123 on each
 channel used), drains the output and the ports are closed.
 """
 
@@ -136,7 +136,10 @@ def run(cfg: dict[str, Any]) -> int:
         log.info("%s: ending all notes and stopping", signal.Signals(signum).name)
         thread.stop()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP: the terminal the bridge runs in was closed (the default would end the process
+    # with notes still sounding).
+    stops = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {s: signal.signal(s, on_signal) for s in stops}
     try:
         gc.collect()
         gc.freeze()  # start-up objects leave the collector's generations: shorter pauses

@@ -214,7 +214,9 @@ def test_thru_mode_passes_notes_unchanged(start_bridge, driver):
 
 
 @pytest.mark.jack
-def test_sigterm_ends_sounding_notes_then_panics(start_bridge, driver):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_ends_sounding_notes_then_panics(start_bridge, driver, sig):
+    """SIGTERM (a service manager, kill) and SIGHUP (the terminal was closed)."""
     bridge = start_bridge("--mode", "accompany", "--generator", "harmony")
     midi = driver(bridge)
     midi.note_on(60, 100, PLAYER_CH)
@@ -222,7 +224,7 @@ def test_sigterm_ends_sounding_notes_then_panics(start_bridge, driver):
     midi.wait_for(lambda ms: note_ons(ms), timeout=3, what="accompaniment")
     time.sleep(0.3)
     assert unmatched_note_ons(midi.messages()), "notes should be sounding before SIGTERM"
-    rc = bridge.terminate(signal.SIGTERM)
+    rc = bridge.terminate(sig)
     assert rc == 0, bridge.output
     used = {m.channel for m in note_ons(midi.messages(), None)}
     got = midi.wait_for(lambda ms: all(any(m.is_cc(123) and m.channel == ch for m in ms)

@@ -137,6 +137,8 @@ class Engine(ctl_mod.LiveControls):
         self._now = now_ns
         self._origin = now_ns
         self.held: set[tuple[int, int]] = set()
+        self._in_channels: set[int] = set()    # channels the player's notes came on
+        self._cont_channels: set[int] = set()  # channels the current answer played on
         self.phrase: deque[PlayedEvent] = deque(maxlen=ph["max_notes"])
         self.phrase_notes = 0
         self.phrase_start_ns = 0
@@ -378,6 +380,7 @@ class Engine(ctl_mod.LiveControls):
             self.sched.pump(now)  # the played note goes out before any generator work
         key = (ch, pitch)
         if on:
+            self._in_channels.add(ch)
             self.held.add(key)
         else:
             self.held.discard(key)
@@ -538,7 +541,9 @@ class Engine(ctl_mod.LiveControls):
                 continue
             beats = min(n.duration, self.max_note_beats, self.max_beats - n.start)
             t_off = t_on + max(1, round(beats * self.ns_per_beat(now)))
-            self.sched.note(t_on, t_off, self._channel(n), n.pitch, n.velocity, CONT)
+            ch = self._channel(n)
+            self._cont_channels.add(ch)
+            self.sched.note(t_on, t_off, ch, n.pitch, n.velocity, CONT)
             self._cont_until = max(self._cont_until, t_off)
             if self._last is not None:
                 self._last[1].append(n)
@@ -553,14 +558,25 @@ class Engine(ctl_mod.LiveControls):
             answer.close(self._call)
 
     def _interrupt(self, now: int) -> None:
-        """The player plays again: stop the answer and end everything it sounds."""
+        """The player plays again: stop the answer and end the notes it sounds, then CC64=0
+        and CC123 on its channels -- except where thru plays the player's own messages: a
+        pedal their foot still holds must stay down there."""
         self.stats["interrupted"] += 1
-        self._end_everything(now)
+        self._end_answer()
+        self._drop_speculation()
+        self._cont_until = 0
+        self.sched.end_tag(now, CONT)
+        thru = self.thru_on or self.mode == "thru" or self._fallback_thru
+        player = ({self.thru_channel} if self.thru_channel is not None else self._in_channels) if thru else ()
+        self.sched.release_channels(now, sorted(self._cont_channels.difference(player)))
+        self._cont_channels.clear()
+        self.sched.pump(now)
 
     def _end_everything(self, now: int) -> None:
         self._end_answer()
         self._drop_speculation()
         self._cont_until = 0
+        self._cont_channels.clear()
         self.sched.panic(now)
         self.sched.pump(now)
 

@@ -117,7 +117,7 @@ class Scheduler:
     def end_tag(self, t: int, tag: Tag) -> None:
         """End every note ``tag`` started and drop what it still had pending."""
         self._epochs[tag] = self._epochs.get(tag, 0) + 1
-        for key in self._by_tag.pop(tag, ()):
+        for key in sorted(self._by_tag.pop(tag, ())):  # (in key order: reproducible output)
             self._sounding.pop(key, None)
             self._force_off(t, key)
 
@@ -146,6 +146,10 @@ class Scheduler:
         self.channels_used = set()
         for key in keys:
             self._force_off(t, key)
+        self.release_channels(t, channels)
+
+    def release_channels(self, t: int, channels) -> None:
+        """CC64=0 on each of ``channels``, then CC123 on each (the CC part of a panic)."""
         for ch in channels:
             self._push(t, midi.control(ch, midi.CC_SUSTAIN, 0), None, -2)
         for ch in channels:

@@ -425,11 +425,32 @@ def test_thru_enabled_in_continue_mode_passes_the_phrase_and_still_answers():
     assert rig.note_ons(6) == [(900, 0, 72)]   # silence counts from the last note
     m = rig.mark()
     rig.on(1000, 65)  # interrupts: the answer ends, then the played note passes
-    assert rig.msgs(m) == [(0x80, 72, 0)] + panic_tail([0, 1]) + [(0x91, 65, 100)]
+    assert rig.msgs(m) == [(0x80, 72, 0)] + panic_tail([0]) + [(0x91, 65, 100)]  # (not the player's channel)
     rig.off(1100, 65)
     assert rig.msgs()[-1] == (0x81, 65, 0)
     rig.advance(1100 + 599)
     rig.stop()
+    assert unmatched(rig.msgs()) == {}
+
+
+def test_an_interruption_leaves_the_players_pedal_alone_where_thru_plays():
+    """Thru on the answer's channel (a controller played through the bridge): playing over
+    the answer ends the answer's notes, but sends no CC64=0 / CC123 there, which released
+    the pedal the player's foot still holds and cut their sustained notes."""
+    rig = Rig({"m": Melody}, thru={"enabled": True})
+    rig.send(0, 0xB0, 64, 127)                 # pedal down, and kept down
+    phrase(rig, 10)
+    rig.advance(1050)
+    assert rig.note_ons(0)[-1][2] == 72        # the answer sounds
+    m = rig.mark()
+    rig.on(1100, 65)
+    assert rig.msgs(m) == [(0x80, 72, 0), (0x90, 65, 100)]
+    assert rig.engine.stats["interrupted"] == 1
+    rig.off(1200, 65)
+    rig.advance(5000)
+    assert not any(msg[0] & 0xF0 == 0xB0 for msg in rig.msgs(m))
+    rig.stop()                                  # the bridge's own stop still panics
+    assert rig.msgs()[-2:] == panic_tail([0])
     assert unmatched(rig.msgs()) == {}
 
 

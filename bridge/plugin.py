@@ -15,7 +15,8 @@ engine converts beats to wall-clock time with the tempo of its clock.
 
 Methods (all but ``observe`` optional, depending on the modes declared):
 
-* ``reset()`` - forget the current phrase state (transport start, user panic).
+* ``reset()`` - forget the current phrase state (called when the generator is selected and
+  on the DAW's transport Stop).
 * ``observe(event)`` - fold one played :class:`PlayedEvent` into the generator's state.
   Called for every note-on and note-off the player plays, in order, on the real-time
   path: it must do bounded (O(1)) work, never re-process the history, never block.

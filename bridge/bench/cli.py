@@ -153,7 +153,8 @@ def format_table(r: dict[str, Any]) -> str:
     lines += ["", "targets (issues 4 and 5):"]
     for t in r.get("targets", {}).values():
         state = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
-        lines.append(f"  [{state:>6}] {t['target']}: {t['value']} (limit {t['limit']})")
+        lost = f"; {t['lost']} unanswered" if t.get("lost") else ""
+        lines.append(f"  [{state:>6}] {t['target']}: {t['value']} (limit {t['limit']}){lost}")
     return "\n".join(lines)
 
 

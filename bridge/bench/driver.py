@@ -13,6 +13,7 @@ last), always with SIGTERM and a wait; SIGKILL only if one ignores SIGTERM.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import os
@@ -332,17 +333,22 @@ def sleep_until(t_ns: int) -> None:
         time.sleep(left / 1e9)
 
 
-def match_latencies(sent_on: list[tuple[int, int]], got_on: list) -> list[float]:
-    """Latency of each received note-on, matched in order per pitch to what was sent."""
-    queues: dict[int, list[int]] = {}
-    for pitch, t in sent_on:
-        queues.setdefault(pitch, []).append(t)
-    pos: dict[int, int] = {}
+def match_latencies(sent_on: list[tuple[tuple[int, int], int]], got_on: list) -> list[float]:
+    """Latency of each received note-on from the latest send of its ``(pitch, velocity)``
+    at or before its arrival (``sent_on``: ``((pitch, velocity), send time)`` in send order).
+
+    Not matched in order per pitch: one lost note would shift every later note of its
+    pitch onto an earlier send.  The load row varies the velocity, so a key comes back only
+    every 60 x 127 notes, and a stall longer than one cycle of pitches still matches each
+    note to its own send."""
+    sends: dict[tuple[int, int], list[int]] = {}
+    for key, t in sent_on:
+        sends.setdefault(tuple(key), []).append(t)
     lat = []
     for m in got_on:
-        pitch = m.data[1]
-        i = pos.get(pitch, 0)
-        if i < len(queues.get(pitch, ())):
-            lat.append((m.t_ns - queues[pitch][i]) / 1e6)
-            pos[pitch] = i + 1
+        times = sends.get((m.data[1], m.data[2]))
+        if times:
+            i = bisect.bisect_right(times, m.t_ns) - 1
+            if i >= 0:
+                lat.append((m.t_ns - times[i]) / 1e6)
     return lat

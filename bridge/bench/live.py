@@ -111,16 +111,29 @@ class LiveBench:
 
     # -- rows ---------------------------------------------------------------------------
 
-    def _warm_up(self, driver: Driver) -> None:
+    def _warm_up(self, driver: Driver, answer: int = PLAYER) -> None:
         """One round trip before measuring, not counted: the route must be up (a new JACK
-        connection takes effect in a later cycle, later still on a loaded machine)."""
+        connection takes effect in a later cycle, later still on a loaded machine).
+        ``answer``: the channel the device answers on (PLAYER: the echo and thru; OUT: an
+        accompaniment, which must also have ended before the first trial)."""
         for _ in range(3):
             start = driver.mark()
             t0 = driver.send([0x90 | PLAYER, 35, 1])
-            got = driver.wait(start, first_note_on(PLAYER, 35, t0), 2.0)
+            got = driver.wait(start, first_note_on(answer, 35 if answer == PLAYER else None, t0), 2.0)
             driver.send([0x80 | PLAYER, 35, 0])
+            if got is not None and answer != PLAYER:
+                driver.wait(start, all_notes_ended(answer), 1.0)
             time.sleep(0.05)
             if got is not None:
+                return
+
+    def _warm_up_phrase(self, driver: Driver, on_s: float, gap_s: float) -> None:
+        """One answered phrase before measuring, not counted (see :meth:`_warm_up`)."""
+        for _ in range(3):
+            start = driver.mark()
+            end = self._phrase(driver, 0, 3, on_s, gap_s)
+            if driver.wait(start, first_note_on(OUT, None, end), 2.0 + self.o.silence_ms / 1e3):
+                driver.wait(start, answer_over(OUT, 150_000_000), 3.0)
                 return
 
     def round_trips(self, driver: Driver, n: int) -> dict[str, Any]:
@@ -160,6 +173,7 @@ class LiveBench:
         with contextlib.ExitStack() as stack:
             bridge = self._bridge(stack, "accompany", {}, "--generator", self.o.accompany_generator)
             driver = self._driver(stack, bridge)
+            self._warm_up(driver, OUT)
             lat, lost = [], 0
             for i in range(self.o.notes):
                 pitch = 55 + (i * 7) % 24
@@ -197,6 +211,7 @@ class LiveBench:
             bridge = self._bridge(stack, "continue", self._continue_config(2, 0.5),
                                   "--generator", self.o.generator)
             driver = self._driver(stack, bridge)
+            self._warm_up_phrase(driver, 0.04, 0.02)
             silence_ns = self.o.silence_ms * 1e6
             lat, lost = [], 0
             for i in range(self.o.phrases):
@@ -260,12 +275,13 @@ class LiveBench:
             interval = 1e9 / o.load_rate
             total = max(1, round(o.load_seconds * o.load_rate))
             t_start = time.perf_counter_ns() + 10_000_000
-            sent_on: list[tuple[int, int]] = []
+            sent_on: list[tuple[tuple[int, int], int]] = []
             for i in range(total):
-                pitch = 36 + i % 60
+                # (pitch, velocity) recurs every 60 x 127 notes: each echo is matched to its send
+                pitch, velocity = 36 + i % 60, 1 + (i // 60) % 127
                 t_on = t_start + round(i * interval)
                 sleep_until(t_on)
-                sent_on.append((pitch, driver.send([0x90 | PLAYER, pitch, 100])))
+                sent_on.append(((pitch, velocity), driver.send([0x90 | PLAYER, pitch, velocity])))
                 sleep_until(t_on + round(interval / 2))
                 driver.send([0x80 | PLAYER, pitch, 0])
             sent = 2 * total
@@ -290,7 +306,7 @@ class LiveBench:
             with contextlib.ExitStack() as stack:
                 bridge = self._bridge(stack, "accompany", {}, "--generator", self.o.accompany_generator)
                 driver = self._driver(stack, bridge)
-                self._warm_up(driver)
+                self._warm_up(driver, OUT)  # (thru is off: the accompaniment answers)
                 start = driver.mark()
                 for k, pitch in enumerate((55, 60, 64)):
                     t0 = driver.send([0x90 | PLAYER, pitch + trial % 5, 100])

@@ -37,11 +37,14 @@ PLAYED = [(int(d), int(p), int(d), 22) for d, p in zip(_rng.choice([3, 6, 12], 4
 
 
 def _rss_kb() -> int:
+    """Resident memory in kB (without /proc: the peak so far, ru_maxrss, which macOS gives
+    in bytes and Linux in kB)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
     except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak
 
 
 def _stepper(model, device: str, int8: bool = False, graphs: bool = True):
@@ -70,6 +73,11 @@ def time_events(st, n: int, warm: int = 50) -> np.ndarray:
 
 
 def long_session(st, n: int, window: int = 500) -> dict:
+    """Medians of the ``window`` events from event 100 on and of the last ``window``
+    (never before event 100: a short session's windows overlap instead); memory at event
+    100 and at the end."""
+    if n < 100:
+        raise ValueError(f"a session of {n} events has no event 100: --long must be at least 100 (or 0: none)")
     st.reset()
     early, late = [], []
     rss_early = 0
@@ -83,7 +91,7 @@ def long_session(st, n: int, window: int = 500) -> dict:
             early.append(dt)
             if i == 100:
                 rss_early = _rss_kb()
-        elif i > n - window:
+        if i > n - window and i >= 100:
             late.append(dt)
     return {"event_100_us": round(float(np.median(early)) * 1e6, 1),
             f"event_{n}_us": round(float(np.median(late)) * 1e6, 1),
@@ -164,6 +172,7 @@ def run(checkpoint_path=None, events=2000, long=100_000, devices=("cpu",), int8=
     dcfg = default_model.cfg
     sizes = [(dcfg.hidden, dcfg.layers)] + [s for s in LARGER if s != (dcfg.hidden, dcfg.layers)]
     rows = []
+    int8_skipped = None
     for device in devices:
         for kind in ("lstm", "gru"):
             for hidden, layers in sizes:
@@ -181,6 +190,10 @@ def run(checkpoint_path=None, events=2000, long=100_000, devices=("cpu",), int8=
                     variants.append(("eager", False, False))
                 for label, q, graphs in variants:
                     st = _stepper(model, device, int8=q, graphs=graphs)
+                    if q and all(lin.packed is None for lin in st.w_hh):
+                        # no fbgemm (Apple Silicon, Linux on ARM): the step stayed float32
+                        int8_skipped = "no fbgemm engine in this torch: the step stays float32, no int8 rows"
+                        continue
                     extra = {"default": True} if default and not label else {}
                     if label:
                         extra["variant"] = label
@@ -196,6 +209,10 @@ def run(checkpoint_path=None, events=2000, long=100_000, devices=("cpu",), int8=
                           "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
               "checkpoint": str(checkpoint_path), "rows": rows}
+    if int8_skipped:
+        result["int8_skipped"] = int8_skipped
+        if log:
+            log(int8_skipped)
     if notochord:
         result["notochord"] = notochord_row(min(events, 500))
     if gan_path != "none":
@@ -210,6 +227,10 @@ def cmd_bench(args) -> int:
         devices = [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         print("error: no CUDA device", file=sys.stderr)
+        return 2
+    if args.long and args.long < 100:
+        print(f"error: --long {args.long}: the session must reach event 100 (--long 100 or more, or 0: none)",
+              file=sys.stderr)
         return 2
     res = run(args.checkpoint, args.events, args.long, devices, args.int8, args.notochord,
               log=None if args.json else (lambda m: print(m, file=sys.stderr)), gan_path=args.gan)

@@ -1,0 +1,80 @@
+"""``bench model``'s computations (a benchmark, not a timed test: the clock is faked)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import types
+
+import pytest
+
+from bridge.model import bench
+
+
+class _Stepper:
+    """Event i of a session costs i us on the fake clock."""
+
+    def __init__(self) -> None:
+        self.now, self.i = 0.0, 0
+
+    def reset(self) -> None:
+        self.i = 0
+
+    def feed(self, _event) -> None:
+        self.i += 1
+        self.now += self.i * 1e-6
+
+    def sample(self, *_a) -> tuple:
+        return (0, 0, 0, 0)
+
+
+def _session(monkeypatch, n: int) -> dict:
+    st = _Stepper()
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: st.now)
+    return bench.long_session(st, n)
+
+
+@pytest.mark.parametrize("n", [2000, 500])
+def test_session_windows_are_from_event_100_and_the_last_500(monkeypatch, n):
+    """event_100_us: median of the 500 events from event 100 on; event_<n>_us: of the last
+    500 -- never of the session's first 99 events, however short the session."""
+    r = _session(monkeypatch, n)
+    assert r["event_100_us"] == pytest.approx(statistics.median(range(100, min(600, n + 1))), abs=0.11)
+    assert r[f"event_{n}_us"] == pytest.approx(statistics.median(range(max(100, n - 499), n + 1)), abs=0.11)
+
+
+def test_a_session_too_short_for_event_100_is_refused(monkeypatch):
+    with pytest.raises(ValueError, match="at least 100"):
+        _session(monkeypatch, 50)
+
+
+def test_resident_memory_is_in_kilobytes_on_macos(monkeypatch):
+    """Without /proc (macOS), ru_maxrss is in bytes there (kilobytes on Linux)."""
+    def no_proc(*_a, **_k):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    monkeypatch.setattr(bench.resource, "getrusage", lambda _who: types.SimpleNamespace(ru_maxrss=300 * 1024 * 1024))
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert bench._rss_kb() == 300 * 1024
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert bench._rss_kb() == 300 * 1024 * 1024  # (there ru_maxrss is already kB)
+
+
+def test_cli_refuses_a_session_too_short_for_event_100(capsys):
+    args = types.SimpleNamespace(device="cpu", long=50, checkpoint=None, events=10, int8=False, notochord=False,
+                                 json=True, gan="none")
+    assert bench.cmd_bench(args) == 2
+    assert "--long 50" in capsys.readouterr().err
+
+
+def test_int8_rows_are_not_float32_under_another_name(monkeypatch):
+    """Where this torch has no fbgemm (Apple Silicon, Linux on ARM) the step stays float32:
+    no row may then be labelled int8."""
+    from bridge.model import step
+
+    monkeypatch.setattr(step, "_prepack_int8", lambda w, b: None)
+    res = bench.run(events=3, long=0, int8=True, gan_path="none")
+    assert [r for r in res["rows"] if r.get("variant") == "int8"] == []
+    assert "fbgemm" in res["int8_skipped"]
+    assert sum(bool(r.get("default")) for r in res["rows"]) == 1

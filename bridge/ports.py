@@ -20,6 +20,7 @@ re-created after a server restart.  :class:`bridge.supervise.PortSupervisor` dri
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -379,10 +380,26 @@ class Ports:
         return "; ".join(n for n in names or () if not _is_through(n) and not self.is_own(n)) or "none"
 
 
+#: The (callback, data) tuples of the inputs deleted so far (a few per port re-open).
+_CALLBACKS_KEPT: list = []
+#: How long a deleted input waits, GIL released, for a callback already under way.
+CALLBACK_GRACE_S = 0.05
+
+
 def _delete(m) -> None:
     if isinstance(m, rtmidi.MidiIn):
-        with contextlib.suppress(Exception):
-            m.cancel_callback()
+        # RtMidi's JACK thread takes the callback, then waits for the GIL (held here) to
+        # call it.  python-rtmidi's cancel_callback frees the (callback, data) tuple that
+        # thread is about to use (a crash), and deleting the client cancels that thread
+        # while it waits for the GIL (a hang): both seen when closing while MIDI streams
+        # in.  So keep the tuple, cancel (new events are queued in C, no GIL needed), and
+        # let a callback under way finish before the port and the client go.
+        kept = [r for r in gc.get_referents(m) if type(r) is tuple and len(r) == 2]
+        if kept:  # (a listing client has no callback)
+            _CALLBACKS_KEPT.extend(kept)
+            with contextlib.suppress(Exception):
+                m.cancel_callback()
+            time.sleep(CALLBACK_GRACE_S)
     with contextlib.suppress(Exception):
         m.close_port()
     # delete() closes the backend client itself: an ALSA virtual port goes away, and

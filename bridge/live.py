@@ -63,6 +63,8 @@ def latency_offset_ms(cfg: dict[str, Any], backend: str) -> float:
 #: Seconds past its budget a generator call may stay blocked (in C code: time.sleep, I/O,
 #: a lock; the watchdog cannot cut those) before the watchdog ends every sounding note.
 STALL_S = 1.0
+#: On stop, how long beyond that (and the drain) the engine thread may take to end.
+STOP_GRACE_S = 3.0
 
 
 def end_stalled_notes(engine: Engine, send: Callable[[tuple[int, ...]], None]) -> None:
@@ -126,8 +128,12 @@ def run(cfg: dict[str, Any]) -> int:
     # sounding note itself (the engine thread, stuck, would send no note-off).
     watchdog = Watchdog(stall_after_s=STALL_S, on_stall=lambda: end_stalled_notes(engine, p.send))
     engine.guard_calls.watchdog = watchdog
+    # A stop waits for the engine thread at most this long: past a plugin call's budget and
+    # the watchdog's stall (after which every note is ended), the flush and the drain.
+    stop_timeout_s = (cfg["engine"]["plugin_budget_ms"] / 1000 + STALL_S
+                      + cfg["output"]["drain_ms"] / 1000 + STOP_GRACE_S)
     thread = EngineThread(engine, inbox, drain_s=cfg["output"]["drain_ms"] / 1000,
-                          realtime=cfg["engine"]["realtime"])
+                          realtime=cfg["engine"]["realtime"], stop_timeout_s=stop_timeout_s)
     window_s = cfg["status"]["window_s"]
     # The engine samples played note-on -> output latency into it, for the status screen.
     engine.latency, engine.wall_ns = LatencyWindow(window_s), time.perf_counter_ns
@@ -158,13 +164,20 @@ def run(cfg: dict[str, Any]) -> int:
         if thread.is_alive():
             thread.stop()
             thread.join(5)
+        stuck = thread.abandoned or thread.is_alive()
+        if stuck:
+            log.error("the engine thread did not stop within %.1f s: generator '%s' is stuck in "
+                      "a call (blocked in native code: a sleep, I/O or a lock?); the watchdog "
+                      "ended its notes; exiting without it (fix the plugin)",
+                      stop_timeout_s, engine.gen_name)
         if recorder is not None:
             recorder.close()  # (after the engine's last note-offs)
         ratings.close()
         supervisor.stop()
         p.close()
         watchdog.close()
-        host.close()
+        if not stuck:  # (a generator is only ever called from one thread: not its close())
+            host.close()
         for s, h in previous.items():
             signal.signal(s, h)
     stats = {k: v for k, v in engine.stats.items() if v}
@@ -174,4 +187,4 @@ def run(cfg: dict[str, Any]) -> int:
     log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in stats.items()))
     if p.callback_errors or thread.crashes:
         log.warning("input callback errors: %d, engine errors: %d", p.callback_errors, thread.crashes)
-    return 0
+    return 1 if stuck else 0

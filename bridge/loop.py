@@ -24,7 +24,7 @@ STOP = ("stop",)
 
 class EngineThread(threading.Thread):
     def __init__(self, engine: Engine, inbox: "queue.SimpleQueue[tuple]", drain_s: float = 0.06,
-                 realtime: bool = False) -> None:
+                 realtime: bool = False, stop_timeout_s: float | None = None) -> None:
         super().__init__(name="engine", daemon=True)
         self.realtime = realtime
         self.engine = engine
@@ -32,9 +32,29 @@ class EngineThread(threading.Thread):
         self.drain_s = drain_s
         self.crashes = 0
         self.stopped = threading.Event()
+        #: How long after :meth:`stop` the thread counts as alive at most (None: until it
+        #: ends).  A plugin call blocked in native code (a deadlock, a dead socket) keeps
+        #: the thread from ever reaching the stop; the watchdog has ended its notes, and
+        #: whoever waits for the thread (the main loop, the status screen) must not wait
+        #: for ever.
+        self.stop_timeout_s = stop_timeout_s
+        self._stop_at: float | None = None
 
     def stop(self) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self.inbox.put(STOP)
+
+    @property
+    def abandoned(self) -> bool:
+        """Asked to stop more than ``stop_timeout_s`` ago and still running (stuck)."""
+        return (self.stop_timeout_s is not None and self._stop_at is not None
+                and super().is_alive() and not self.stopped.is_set()
+                and time.monotonic() - self._stop_at > self.stop_timeout_s)
+
+    def is_alive(self) -> bool:
+        """Running, and not :attr:`abandoned` (what waiting for the engine means)."""
+        return super().is_alive() and not self.abandoned
 
     def _raise_priority(self) -> None:
         """SCHED_FIFO for this thread when permitted (rtprio limits), else a quiet fallback."""

@@ -308,10 +308,10 @@ class Ports:
         for slot in sorted(self.slots, key=lambda s: s.output):
             m, slot.midi, slot.name = slot.midi, None, None
             if m is not None:
-                _delete(m)
+                close_midi(m)
         listers, self._listers = self._listers, {}
         for m in listers.values():
-            _delete(m)
+            close_midi(m)
 
     def teardown(self) -> None:
         with self.admin:
@@ -351,12 +351,12 @@ class Ports:
                 names = list(m.get_ports())
                 name = self.match(slot, names)
                 if name is None:
-                    _delete(m)
+                    close_midi(m)
                     return None
                 m.open_port(names.index(name),
                             name=f"from {name}" if not slot.output else f"to {name}")
             except BaseException:
-                _delete(m)
+                close_midi(m)
                 raise
             slot.midi, slot.name, slot.seen = m, name, True
             if slot.output:
@@ -373,7 +373,7 @@ class Ports:
             if slot.output:
                 with self._lock:
                     self._live = [o for o in self._live if o is not m]
-            _delete(m)
+            close_midi(m)
 
     def available(self, slot: Slot) -> str:
         names = self.listing(slot.output)
@@ -386,7 +386,9 @@ _CALLBACKS_KEPT: list = []
 CALLBACK_GRACE_S = 0.05
 
 
-def _delete(m) -> None:
+def close_midi(m) -> None:
+    """Close and delete a python-rtmidi MidiIn or MidiOut (and its backend client), safely
+    while MIDI is still arriving (the bridge's ports, the benchmark's and the tests' clients)."""
     if isinstance(m, rtmidi.MidiIn):
         # RtMidi's JACK thread takes the callback, then waits for the GIL (held here) to
         # call it.  python-rtmidi's cancel_callback frees the (callback, data) tuple that

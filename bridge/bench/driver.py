@@ -27,6 +27,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import rtmidi
 
+from ..ports import close_midi
+
 NOTE_OFF, NOTE_ON, CONTROL = 0x80, 0x90, 0xB0
 _serial = itertools.count()
 
@@ -152,10 +154,7 @@ class Driver:
     def close(self) -> None:
         for midi in (getattr(self, "midi_in", None), getattr(self, "midi_out", None)):
             if midi is not None and not midi.is_deleted:
-                if isinstance(midi, rtmidi.MidiIn):
-                    midi.cancel_callback()
-                midi.close_port()
-                midi.delete()
+                close_midi(midi)  # (safe while the device under test still sends)
 
     def __enter__(self) -> "Driver":
         return self

@@ -16,6 +16,8 @@ import threading
 
 import rtmidi
 
+from ..ports import close_midi
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bridge.bench.echo", description=__doc__.splitlines()[0])
@@ -54,10 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         while not done.wait(0.5):
             pass
     finally:
-        inp.cancel_callback()
         for m in (inp, out):
-            m.close_port()
-            m.delete()  # closes the JACK client itself
+            close_midi(m)  # closes the JACK client itself
     if errors:
         print(f"echo: {errors} send errors", file=sys.stderr)
     return 0

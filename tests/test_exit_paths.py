@@ -14,23 +14,8 @@ from midiclient import unique_client_name, unmatched_note_ons
 from test_integration_jack import (CONFIG, OUT_CH, PLAYER_CH, REPO, driver,  # noqa: F401
                                    note_ons, play_phrase, start_bridge)
 
-# A bridge's ports (bridge.ports.open_ports, as `midi-bridge run` opens them) with MIDI
-# streaming into the input (a DAW playing a dense track, or sending clock), closed while
-# it streams: what `midi-bridge run` does on SIGINT/SIGTERM after the engine has ended
-# every note.  Its own thread floods the input, so the GIL is as contended as in the
-# bridge (engine thread, input callbacks).
-_CLOSE_WHILE_STREAMING = r'''
-import sys, threading, time, queue
-import rtmidi
-from bridge import ports as ports_mod
-
-name = sys.argv[1]
-inbox = queue.SimpleQueue()
-p = ports_mod.open_ports("jack", name, "midi-bridge in", "midi-bridge out", [], [], inbox.put)
-out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name + "-src")
-names = out.get_ports()
-out.open_port(next(i for i, n in enumerate(names)
-                   if n.startswith(name + ":") and n.endswith("midi-bridge in")))
+# (both scripts) flood ``out`` from a thread, with another Python thread wanting the GIL
+_FLOOD = r'''
 sys.setswitchinterval(0.0002)   # as midi-bridge run does
 done = threading.Event()
 
@@ -50,6 +35,26 @@ def busy():  # another Python thread wanting the GIL (the engine thread, drainin
 sender = threading.Thread(target=stream)
 sender.start()
 threading.Thread(target=busy, daemon=True).start()
+'''
+
+# A bridge's ports (bridge.ports.open_ports, as `midi-bridge run` opens them) with MIDI
+# streaming into the input (a DAW playing a dense track, or sending clock), closed while
+# it streams: what `midi-bridge run` does on SIGINT/SIGTERM after the engine has ended
+# every note.  Its own thread floods the input, so the GIL is as contended as in the
+# bridge (engine thread, input callbacks).
+_CLOSE_WHILE_STREAMING = r'''
+import sys, threading, time, queue
+import rtmidi
+from bridge import ports as ports_mod
+
+name = sys.argv[1]
+inbox = queue.SimpleQueue()
+p = ports_mod.open_ports("jack", name, "midi-bridge in", "midi-bridge out", [], [], inbox.put)
+out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name + "-src")
+names = out.get_ports()
+out.open_port(next(i for i, n in enumerate(names)
+                   if n.startswith(name + ":") and n.endswith("midi-bridge in")))
+''' + _FLOOD + r'''
 deadline = time.monotonic() + 5
 while inbox.qsize() < 300 and time.monotonic() < deadline:
     time.sleep(0.01)
@@ -75,26 +80,9 @@ src_in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name)
 src_in.open_virtual_port("dev in")
 src = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name)
 src.open_virtual_port("dev out")
-sys.setswitchinterval(0.0002)
 drv = Driver(name, "dev in", "dev out", settle=0.2)
-done = threading.Event()
-
-def stream():
-    i = 0
-    while not done.is_set():
-        for _ in range(6):
-            src.send_message([0x90 | (i % 16), (i // 16) % 128, 100])
-            i += 1
-        time.sleep(0.001)
-
-def busy():
-    x = 0
-    while not done.is_set():
-        x = (x + 1) % 1000
-
-sender = threading.Thread(target=stream)
-sender.start()
-threading.Thread(target=busy, daemon=True).start()
+out = src
+''' + _FLOOD + r'''
 deadline = time.monotonic() + 5
 while len(drv.received) < 300 and time.monotonic() < deadline:
     time.sleep(0.01)

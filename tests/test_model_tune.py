@@ -157,3 +157,14 @@ def test_tune_refuses_a_dataset_that_does_not_fit_the_checkpoint(tiny_data, tmp_
     assert "not a prepared dataset" in capsys.readouterr().err
     assert not (tmp_path / "t.pt").exists()
     assert main(common + ["-d", str(d / "ds")]) == 0
+
+
+def test_rating_rows_keep_the_highest_note_of_a_chord_with_its_inter_onset_gap():
+    """A rated phrase played with chords is encoded as the rnn plugin hears it live: the
+    chord's highest note, lasting until the next onset (the last: one beat), and the
+    answer starts one beat after a final chord, not one grid step."""
+    record = {"rating": 1, "phrase": [[60, 90, 0.0], [64, 90, 0.0], [67, 90, 1.0], [72, 90, 1.0], [55, 90, 1.0]],
+              "answer": [[65, 90, 0.0, 0.5]]}
+    prow, arow = rating_rows(record)
+    assert prow.tolist() == [[0, 64, 12, 22], [12, 72, 12, 22]]
+    assert arow.tolist() == [[12, 65, 6, 22]]

@@ -108,14 +108,16 @@ def rating_rows(record: dict) -> tuple[np.ndarray, np.ndarray]:
     """``(phrase rows, answer rows)`` of a rating record (see bridge/ratings.py).  The
     phrase's durations are its inter-onset gaps (the last: 1 beat); the answer's first
     note follows the phrase's last by that note's duration."""
-    phrase = sorted(record.get("phrase") or [], key=lambda r: float(r[2]))
+    # a chord is its highest note (first at its onset), as the rnn plugin hears it live
+    phrase = sorted(record.get("phrase") or [], key=lambda r: (beats_to_steps(float(r[2])), -int(r[0])))
     answer = sorted(record.get("answer") or [], key=lambda r: float(r[2]))
+    onsets = [beats_to_steps(float(r[2])) for r in phrase]
     prow, t_prev = [], None
     for i, (pitch, vel, beat) in enumerate(phrase):
-        s = beats_to_steps(float(beat))
-        nxt = beats_to_steps(float(phrase[i + 1][2])) if i + 1 < len(phrase) else s + STEPS_PER_BEAT
+        s = onsets[i]
+        nxt = next((o for o in onsets[i + 1:] if o > s), s + STEPS_PER_BEAT)  # the next onset, not a chord note
         dt = 0 if t_prev is None else min(MAX_DT, max(0, s - t_prev))
-        if t_prev is not None and dt == 0:
+        if t_prev is not None and s == t_prev:
             continue
         prow.append((dt, int(pitch), max(1, min(MAX_DUR, nxt - s)), vel_to_bin(int(vel))))
         t_prev = s

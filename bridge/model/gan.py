@@ -279,7 +279,8 @@ class BarGenerator(nn.Module):
 
 
 def tonic_shift(tonic) -> np.ndarray:
-    """Tonics (0..11) -> the transposition (-6..5 semitones) that takes each to C."""
+    """Tonics (0..11) -> their signed offset from C (-6..5 semitones): moving a bar by the
+    negative of it (-5..+6) takes its tonic to C."""
     t = np.asarray(tonic, dtype=np.int64) % 12
     return np.where(t > 5, t - 12, t)
 

@@ -64,13 +64,13 @@ def find_fluidsynth() -> str:
 def find_soundfont(soundfont: str | os.PathLike | None = None) -> Path:
     """The soundfont to use: the given file, ``$MIDI_BRIDGE_SOUNDFONT``, or a common path."""
     if soundfont is not None:
-        p = Path(soundfont)
+        p = Path(soundfont).expanduser()
         if not p.is_file():
             raise AudioError(f"soundfont {p} not found (--soundfont takes a General MIDI .sf2 file)")
         return p
     env = os.environ.get(ENV)
     if env:
-        p = Path(env)
+        p = Path(env).expanduser()
         if not p.is_file():
             raise AudioError(f"soundfont {p} (from ${ENV}) not found: set it to a General MIDI .sf2 file")
         return p

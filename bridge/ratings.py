@@ -57,6 +57,8 @@ class RatingsWriter:
                     if f is None:
                         self.path.parent.mkdir(parents=True, exist_ok=True)
                         f = open(self.path, "a", encoding="utf-8")
+                        if not _ends_a_line(self.path):  # a line cut by a crash: start a new one
+                            f.write("\n")
                     f.write(line + "\n")
                     f.flush()
                     self.written += 1
@@ -74,6 +76,16 @@ class RatingsWriter:
         self._closed = True
         self._q.put(_STOP)
         self._thread.join(timeout)
+
+
+def _ends_a_line(path: Path) -> bool:
+    """The file is empty or its last byte is a newline."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
 
 
 def load_ratings(path) -> list[dict]:

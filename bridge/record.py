@@ -48,13 +48,16 @@ re-encoded) and rewrites the file atomically (temporary file + :func:`os.replace
 header and the concatenation of the tracks, each followed by a small tail of note-offs
 for what is still sounding and End of Track.  Whenever the process is killed, the file on
 disk is the last complete one — it parses, its notes all end, and it lacks at most the
-last ``interval`` of the session.  :meth:`Recorder.close` writes the final file (held
-notes ended at the close time) and joins the writer; it is idempotent.
+last ``interval`` of the session.  A failed write (disk full) is logged once and
+retried at the next wake-up; a removed directory is created again.  :meth:`Recorder.close`
+writes the final file (held notes ended at the close time), joins the writer and says so
+if that final write failed; it is idempotent.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import os
 import struct
@@ -225,7 +228,12 @@ class Recorder:
                 self._thread.join(30)
             if self._thread.is_alive():
                 log.error("recording: the writer did not finish; %s may lack the last second", self.path)
-            elif self.error is None:
+            elif self.error is not None:
+                # (logged once when it began, maybe long ago behind the status screen)
+                log.error("recording: the final file could not be written (%s); %s lacks the "
+                          "session since the last successful write (free space, check the "
+                          "directory)", self.error, self.path)
+            else:
                 log.info("recorded %d events to %s", self.events, self.path)
         return self.path
 
@@ -363,12 +371,24 @@ class Recorder:
         for tr in tracks:
             tail = tr.tail(max(end_tick, tr.last))
             parts += (b"MTrk", struct.pack(">I", len(tr.data) + len(tail)), tr.data, tail)
-        with open(self._tmp, "wb") as f:
-            f.writelines(parts)
-            if self._stop:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(self._tmp, self.path)
+        try:
+            f = open(self._tmp, "wb")
+        except FileNotFoundError:
+            # The directory was removed mid-session (the whole session is still in memory):
+            # make it again rather than lose the recording.
+            self.directory.mkdir(parents=True, exist_ok=True)
+            f = open(self._tmp, "wb")
+        try:
+            with f:
+                f.writelines(parts)
+                if self._stop:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(self._tmp, self.path)
+        except OSError:  # (disk full: a partial temporary file would hold space)
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+            raise
         self._dirty = False
         self.flushes += 1
         self.error = None

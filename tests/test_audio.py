@@ -215,3 +215,16 @@ def test_real_fluidsynth_renders_audible_audio(tmp_path, capsys):
         samples = array.array("h", w.readframes(frames))
     assert frames >= 44100 * 0.9  # the phrase is 0.96 s long (plus the release tail)
     assert max(abs(s) for s in samples) > 500, "the rendered audio is silent"
+
+
+def test_a_soundfont_under_home_written_with_a_tilde_is_found(tmp_path, monkeypatch, fake):
+    """--soundfont=~/sf2/GM.sf2 (the shell does not expand ~ after '=') or
+    MIDI_BRIDGE_SOUNDFONT="~/sf2/GM.sf2" (quoted in a profile) name the file in $HOME."""
+    home = tmp_path / "home"
+    (home / "sf2").mkdir(parents=True)
+    sf2 = home / "sf2" / "GM.sf2"
+    sf2.write_bytes(b"RIFF\0\0\0\0sfbk")
+    monkeypatch.setenv("HOME", str(home))
+    assert audio.find_soundfont("~/sf2/GM.sf2") == sf2
+    monkeypatch.setenv(audio.ENV, "~/sf2/GM.sf2")
+    assert audio.find_soundfont() == sf2

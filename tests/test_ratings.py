@@ -79,3 +79,15 @@ def test_rnn_rating_context_has_checkpoint_state_and_temperature(tmp_path):
     assert ctx["state"] == [round(v, 4) for v in before]  # the state the answer was sampled from
     assert ctx["state"] != [round(v, 4) for v in g.st.snapshot()[0].flatten().tolist()]  # not the state now
     it.close()
+
+
+def test_a_line_cut_by_a_crash_does_not_swallow_the_next_sessions_first_rating(tmp_path):
+    """A power cut or a full disk can leave the last line without its newline: the next
+    session's first rating must start on a line of its own, not be glued to the fragment."""
+    path = tmp_path / "r.jsonl"
+    good = json.dumps(dict(record(1), time="2026-01-01T00:00:00+00:00"))
+    path.write_text(good + "\n" + good[:40])          # the second line was cut
+    w = RatingsWriter(path)
+    w.add(record(-1))
+    w.close()
+    assert [r["rating"] for r in load_ratings(path)] == [1, -1]

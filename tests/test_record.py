@@ -3,6 +3,7 @@ who played what apart, ends every note, and survives a kill."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -277,6 +278,38 @@ def test_a_directory_that_cannot_be_created_is_a_one_line_record_error(tmp_path)
     with pytest.raises(RecordError) as e:
         Recorder(blocker)
     assert str(blocker) in str(e.value) and "not a directory" in str(e.value).lower()
+
+
+def test_a_recording_directory_removed_mid_session_is_made_again_and_nothing_is_lost(tmp_path):
+    """rm -r of the sessions folder while playing: the whole session is still in memory,
+    so the next write re-creates the directory instead of losing the recording."""
+    import shutil
+    rec, clock = make(tmp_path)
+    rec.inp(T0 + 100 * MS, (0x90, 60, 100))
+    shutil.rmtree(tmp_path / "rec")
+    rec.inp(T0 + 300 * MS, (0x80, 60, 0))
+    clock.t = T0 + 500 * MS
+    path = rec.close()
+    assert rec.error is None and path.exists()
+    assert [(round(s, 3), b) for s, n, b in channel_events(path) if n == "input"] == [
+        (0.1, (0x90, 60, 100)), (0.3, (0x80, 60, 0))]
+
+
+def test_a_final_write_that_fails_is_reported_at_close_and_leaves_no_temporary_file(tmp_path, caplog):
+    """Disk full (here: the file's name taken by a directory): the error was logged once
+    when it began, maybe long ago behind the status screen; close() says it again."""
+    rec, clock = make(tmp_path)
+    rec.inp(T0 + 100 * MS, (0x90, 60, 100))
+    rec.path.unlink()
+    rec.path.mkdir()                      # os.replace onto it fails
+    clock.t = T0 + 500 * MS
+    with caplog.at_level(logging.INFO, logger="bridge.record"):
+        rec.close()
+    assert rec.error is not None and str(rec.path) in rec.error
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("final file could not be written" in m for m in errors), errors
+    assert not any("recorded" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+    assert not list((tmp_path / "rec").glob(".*.tmp")), "a partial temporary file was left behind"
 
 
 def test_source_for_maps_scheduler_tags():

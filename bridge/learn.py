@@ -14,6 +14,7 @@ the same port names).
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import sys
@@ -34,8 +35,31 @@ def set_map_entry(text: str, action: str, spec: str) -> str:
     """``text`` (a YAML config) with ``control.map.<action>`` set to ``spec``, comments kept.
 
     Handles a flow mapping on the ``map:`` line (``map: {}`` as in the shipped file), a
-    block mapping below it, a ``control:`` section without ``map``, and no section.
+    block mapping below it, a ``control:`` section without ``map``, and no section.  An
+    edit that would change anything else (a layout these line edits do not understand,
+    such as ``control: {channel: 10}``) raises :class:`LearnError`.
     """
+    import yaml
+    out = _edit_map_entry(text, action, spec)
+    try:
+        before, after = yaml.safe_load(text) or {}, yaml.safe_load(out)
+    except yaml.YAMLError:
+        after = None
+    else:
+        if isinstance(before, dict):
+            before = dict(before)
+            ctl = before.get("control")
+            ctl = dict(ctl) if isinstance(ctl, dict) else {}
+            mapping = ctl.get("map")
+            ctl["map"] = dict(mapping, **{action: spec}) if isinstance(mapping, dict) else {action: spec}
+            before["control"] = ctl
+    if after is None or after != before:
+        raise LearnError("cannot edit control.map in this file's layout without changing other "
+                         f"settings; set control.map.{action}: \"{spec}\" by hand")
+    return out
+
+
+def _edit_map_entry(text: str, action: str, spec: str) -> str:
     lines = text.splitlines()
     entry = f'{action}: "{spec}"'
     ctl = next((i for i, ln in enumerate(lines) if re.match(r"^control:\s*(#.*)?$", ln)), None)
@@ -71,17 +95,25 @@ def set_map_entry(text: str, action: str, spec: str) -> str:
         if s.strip() and not s.lstrip().startswith("#"):
             child = child or s[:len(s) - len(s.lstrip())]
             if re.match(rf"^\s+{re.escape(action)}\s*:", s):
-                lines[j] = f"{child}{entry}"
+                comment = re.search(r"""^[^#'"]*(?:(?:"[^"]*"|'[^']*')[^#'"]*)*(\s#.*)$""", s)
+                lines[j] = f"{child}{entry}" + (comment.group(1) if comment else "")
                 return "\n".join(lines) + "\n"
         j += 1
     lines.insert(j, f"{child or indent + '  '}{entry}")
     return "\n".join(lines) + "\n"
 
 
-def wait_for_control(inbox: "queue.SimpleQueue[tuple]", timeout: float) -> tuple[str, int, int]:
-    """The first CC or note-on that arrives: ``(kind, number, channel)``."""
+def wait_for_control(inbox: "queue.SimpleQueue[tuple]", timeout: float,
+                     previous: tuple[str, int, int] | None = None,
+                     settle: float = 0.4) -> tuple[str, int, int]:
+    """The first CC or note-on that arrives: ``(kind, number, channel)``.
+
+    ``previous`` (the control just learned) is skipped while it keeps arriving less than
+    ``settle`` s apart: the rest of its gesture (a knob sends many values) is not the next
+    control.  Everything else that is not a control (MIDI clock from the DAW) is ignored."""
     import time
     deadline = time.monotonic() + timeout
+    quiet_at = time.monotonic() + settle if previous is not None else 0.0
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -97,14 +129,27 @@ def wait_for_control(inbox: "queue.SimpleQueue[tuple]", timeout: float) -> tuple
             continue
         kind = msg[0] & 0xF0
         if kind == midi.CONTROL:
-            return "cc", msg[1], msg[0] & 0x0F
-        if kind == midi.NOTE_ON:
-            return "note", msg[1], msg[0] & 0x0F
+            found = "cc", msg[1], msg[0] & 0x0F
+        elif kind == midi.NOTE_ON:
+            found = "note", msg[1], msg[0] & 0x0F
+        else:
+            continue
+        if found == previous and time.monotonic() < quiet_at:
+            quiet_at = time.monotonic() + settle
+            continue
+        return found
 
 
 def cmd_learn(args: Any, cfg: dict[str, Any]) -> int:
     path = Path(args.config) if args.config else Path("config.yaml")
     text = path.read_text(encoding="utf-8") if path.exists() else ""
+    # Before the performer moves anything: can the file be edited and written?
+    for action in args.actions:
+        set_map_entry(text, action, "cc 0")
+    if not path.parent.is_dir():
+        raise LearnError(f"cannot write {path}: no such directory (pass a writable file with --config)")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise LearnError(f"cannot write {path}: permission denied (pass a writable file with --config)")
     pc = cfg["ports"]
     backend = ports_mod.choose(pc["backend"])
     inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
@@ -112,17 +157,13 @@ def cmd_learn(args: Any, cfg: dict[str, Any]) -> int:
                              pc["extra_inputs"], pc["extra_outputs"], inbox.put)
     try:
         print(f"learning on {', '.join(p.in_names)} ({backend})", flush=True)
+        previous = None
         for action in args.actions:
             print(f"{action}: move the knob or hit the pad now ...", flush=True)
-            kind, number, ch = wait_for_control(inbox, args.timeout)
+            previous = kind, number, ch = wait_for_control(inbox, args.timeout, previous)
             spec = format_spec(kind, number, None if args.any_channel else ch)
             text = set_map_entry(text, action, spec)
             print(f"{action} = {spec}", flush=True)
-            while True:  # the rest of that gesture (a knob sends many values) is not the next one
-                try:
-                    inbox.get(timeout=0.4)
-                except queue.Empty:
-                    break
     finally:
         p.close()
     try:
@@ -130,6 +171,10 @@ def cmd_learn(args: Any, cfg: dict[str, Any]) -> int:
         config_mod.validate(yaml.safe_load(text), source=str(path))
     except (config_mod.ConfigError, Exception) as e:  # noqa: BLE001
         raise LearnError(f"not writing {path}: the edited file would not load ({e})") from None
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise LearnError(f"cannot write {path}: {e.strerror or e} (set the bindings printed "
+                         "above in control.map by hand)") from None
     print(f"wrote control.map to {path}", file=sys.stderr)
     return 0

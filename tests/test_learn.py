@@ -89,3 +89,122 @@ def test_learn_binds_the_knob_that_moves(jack_server, tmp_path):
             proc.terminate()
             proc.wait(10)
     assert config_mod.load(cfg)["control"]["map"] == {"temperature": ("cc", 21, 2), "rate_bad": ("note", 37, 9)}
+
+
+# -- cmd_learn without a MIDI system: a fake port that plays a scripted controller ----------------
+
+class _FakePorts:
+    in_names = ["midi-bridge in"]
+
+    def close(self) -> None:
+        pass
+
+
+def _learn(monkeypatch, tmp_path, text, actions, script, *, timeout=2.0):
+    """Run cmd_learn on ``text`` with ``script(put)`` playing the controller in a thread."""
+    import argparse
+    from bridge import learn as learn_mod
+
+    path = tmp_path / "c.yaml"
+    if text is not None:
+        path.write_text(text)
+    stop = threading.Event()
+
+    def open_ports(*a, **kw):
+        put = a[6]
+        threading.Thread(target=script, args=(put, stop), daemon=True).start()
+        return _FakePorts()
+
+    monkeypatch.setattr(learn_mod.ports_mod, "choose", lambda backend: "fake")
+    monkeypatch.setattr(learn_mod.ports_mod, "open_ports", open_ports)
+    args = argparse.Namespace(config=str(path), actions=actions, timeout=timeout, any_channel=False)
+    cfg = config_mod.load(None)
+    try:
+        return learn_mod.cmd_learn(args, cfg), path
+    finally:
+        stop.set()
+
+
+def test_a_running_midi_clock_does_not_hang_learn_after_the_first_control(monkeypatch, tmp_path):
+    """The DAW sends clock to 'midi-bridge in' (the documented setup): the wait for the end
+    of the first gesture must not last as long as the clock runs, nor eat the next control."""
+    def controller(put, stop):
+        t = time.perf_counter_ns
+        for v in (10, 20, 30):               # the knob for 'temperature'
+            put((t(), 0, [0xB0, 21, v]))
+            time.sleep(0.01)
+        time.sleep(0.6)
+        put((t(), 0, [0x99, 37, 100]))       # the pad for 'rate_bad', clock running all along
+        while not stop.is_set():
+            put((t(), 0, [0xF8]))
+            time.sleep(0.01)
+
+    def clock_too(put, stop):
+        threading.Thread(target=controller, args=(put, stop), daemon=True).start()
+        while not stop.is_set():
+            put((time.perf_counter_ns(), 0, [0xF8]))
+            time.sleep(0.01)
+
+    done: list = []
+    th = threading.Thread(target=lambda: done.append(_learn(
+        monkeypatch, tmp_path, "control:\n  map: {}\n", ["temperature", "rate_bad"], clock_too)), daemon=True)
+    th.start()
+    th.join(20)
+    assert done, "learn never finished while MIDI clock was arriving"
+    rc, path = done[0]
+    assert rc == 0
+    assert config_mod.load(path)["control"]["map"] == {"temperature": ("cc", 21, 0), "rate_bad": ("note", 37, 9)}
+
+
+@pytest.mark.parametrize("text", [
+    "control: {channel: 10, echo: false}\n",          # a flow mapping for the section
+    '"control":\n  channel: 10\n',                     # a quoted key
+])
+def test_an_edit_that_would_drop_other_settings_is_refused(text):
+    """Appending a second 'control:' section would silently replace the first one (YAML:
+    the last duplicate key wins): the user's control channel would be gone."""
+    with pytest.raises(LearnError) as e:
+        set_map_entry(text, "temperature", "cc 21")
+    assert "by hand" in str(e.value)
+
+
+def test_a_replaced_block_entry_keeps_its_comment():
+    text = 'control:\n  map:\n    temperature: "cc 1"   # the big knob\n    density: "cc 2"\n'
+    out = set_map_entry(text, "temperature", "cc 21")
+    assert learned_map(out) == {"temperature": ("cc", 21, None), "density": ("cc", 2, None)}
+    assert "# the big knob" in out
+
+
+def test_a_config_that_cannot_be_written_is_a_one_line_error_before_any_control_is_learned(
+        monkeypatch, tmp_path):
+    """--config in a directory that does not exist (or a read-only file): said at once,
+    before the performer moves anything, not as a traceback after the last control."""
+    def nothing(put, stop):
+        pass
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    import argparse
+    from bridge import learn as learn_mod
+    opened = []
+    monkeypatch.setattr(learn_mod.ports_mod, "choose", lambda backend: "fake")
+    monkeypatch.setattr(learn_mod.ports_mod, "open_ports", lambda *a, **kw: opened.append(1) or _FakePorts())
+    args = argparse.Namespace(config=str(blocker / "c.yaml"), actions=["temperature"], timeout=0.2,
+                              any_channel=False)
+    with pytest.raises(LearnError) as e:
+        learn_mod.cmd_learn(args, config_mod.load(None))
+    assert str(blocker / "c.yaml") in str(e.value) and "\n" not in str(e.value)
+    assert not opened, "the ports were opened (and the performer asked to move) before the check"
+
+
+def test_a_failed_write_is_a_learn_error_not_a_traceback(monkeypatch, tmp_path):
+    def knob(put, stop):
+        put((time.perf_counter_ns(), 0, [0xB0, 21, 5]))
+
+    def refuse(self, *a, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    with pytest.raises(LearnError) as e:
+        _learn(monkeypatch, tmp_path, None, ["temperature"], knob)
+    assert "Permission denied" in str(e.value) and "c.yaml" in str(e.value)

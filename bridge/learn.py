@@ -14,8 +14,10 @@ the same port names).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import shutil
 import re
 import sys
 from pathlib import Path
@@ -171,9 +173,16 @@ def cmd_learn(args: Any, cfg: dict[str, Any]) -> int:
         config_mod.validate(yaml.safe_load(text), source=str(path))
     except (config_mod.ConfigError, Exception) as e:  # noqa: BLE001
         raise LearnError(f"not writing {path}: the edited file would not load ({e})") from None
-    try:
-        path.write_text(text, encoding="utf-8")
+    real = Path(os.path.realpath(path))  # (a symlinked config stays a symlink)
+    tmp = real.with_name(f".{real.name}.learn-tmp")
+    try:  # atomically: a crash mid-write must not leave the config cut short
+        tmp.write_text(text, encoding="utf-8")
+        if real.exists():
+            shutil.copymode(real, tmp)
+        os.replace(tmp, real)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise LearnError(f"cannot write {path}: {e.strerror or e} (set the bindings printed "
                          "above in control.map by hand)") from None
     print(f"wrote control.map to {path}", file=sys.stderr)

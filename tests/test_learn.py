@@ -208,3 +208,26 @@ def test_a_failed_write_is_a_learn_error_not_a_traceback(monkeypatch, tmp_path):
     with pytest.raises(LearnError) as e:
         _learn(monkeypatch, tmp_path, None, ["temperature"], knob)
     assert "Permission denied" in str(e.value) and "c.yaml" in str(e.value)
+
+
+def test_the_config_is_replaced_atomically_keeping_its_mode(monkeypatch, tmp_path):
+    """Written to a temporary file and renamed over the config: a crash mid-write leaves
+    the old file whole (it was rewritten in place), with its permissions."""
+    import os
+    import stat
+
+    def knob(put, stop):
+        put((time.perf_counter_ns(), 0, [0xB0, 21, 5]))
+
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (replaced.append((Path(a).name, Path(b).name)),
+                                                     real_replace(a, b))[1])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("engine:\n  bpm: 100   # mine\n")
+    cfg.chmod(0o640)
+    _learn(monkeypatch, tmp_path, cfg.read_text(), ["temperature"], knob)
+    assert replaced == [(".c.yaml.learn-tmp", "c.yaml")]
+    assert not (tmp_path / ".c.yaml.learn-tmp").exists()
+    assert "temperature" in cfg.read_text() and "bpm: 100   # mine" in cfg.read_text()
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o640

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__, config as config_mod
@@ -76,7 +77,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .render import render
     soundfont = None
     if args.audio:  # missing fluidsynth or soundfont: say so before doing any work
-        from .audio import check
+        from .audio import AudioError, check
+        if Path(args.audio).resolve() in {Path(args.output).resolve(), Path(args.input).resolve()}:
+            raise AudioError(f"--audio {args.audio} is the MIDI file itself; give a .wav path "
+                             f"(e.g. --audio {Path(args.output).with_suffix('.wav')})")
         _, soundfont = check(args.soundfont)
     summary = render(args.input, args.output, cfg)
     if args.audio:

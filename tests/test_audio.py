@@ -228,3 +228,17 @@ def test_a_soundfont_under_home_written_with_a_tilde_is_found(tmp_path, monkeypa
     assert audio.find_soundfont("~/sf2/GM.sf2") == sf2
     monkeypatch.setenv(audio.ENV, "~/sf2/GM.sf2")
     assert audio.find_soundfont() == sf2
+
+
+@pytest.mark.parametrize("target", ["out", "in"])
+def test_audio_written_over_a_midi_file_is_refused_before_any_work(tmp_path, fake, capsys, target):
+    """`render -o x.mid --audio x.mid` (a slip): the MIDI file would be rendered, then
+    overwritten (or the input lost) and FluidSynth's error would be misleading."""
+    src, dst = tmp_path / "in.mid", tmp_path / "out.mid"
+    write_phrase(src)
+    before = src.read_bytes()
+    rc = cli.main(["render", str(src), "-o", str(dst), "--mode", "thru", "--audio", str(tmp_path / f"{target}.mid")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "is the MIDI file itself" in err and "out.wav" in err
+    assert not dst.exists() and src.read_bytes() == before

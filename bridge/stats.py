@@ -123,6 +123,8 @@ class Snapshot:
     density: float | None = None
     length: float | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    recording: str | None = None        # the file --record writes, if any
+    recording_error: str | None = None  # its last write error (None: the last write worked)
 
 
 #: Engine stats counted as problems (shown when non-zero).
@@ -192,4 +194,8 @@ def snapshot(engine: Any, ports: Any = None, window: LatencyWindow | None = None
     if thread is not None and getattr(thread, "crashes", 0):
         errors["engine_errors"] = thread.crashes
     snap.errors = errors
+    recorder = getattr(engine, "recorder", None)
+    if recorder is not None:
+        snap.recording = str(getattr(recorder, "path", "") or "") or None
+        snap.recording_error = getattr(recorder, "error", None)
     return snap

@@ -321,6 +321,10 @@ def render(snap: Snapshot, log_lines: Iterable[str] = (), window_s: float = 60.0
         ("   " + problems, "bold red") if problems else "")
     row("controls", f"temperature {_num(snap.temperature)}   density {_num(snap.density)}"
                     f"   length {_num(snap.length)}")
+    if snap.recording_error:  # (logged once, long gone from the log lines below)
+        row("recording", (f"NOT SAVING: {snap.recording_error}", "bold red"))
+    elif snap.recording:
+        row("recording", snap.recording)
     lines = list(log_lines)
     body: Any = grid
     if lines:

@@ -74,6 +74,22 @@ def test_panel_without_data_and_with_problems():
         assert expected in text, f"{expected!r} missing from:\n{text}"
 
 
+def test_panel_shows_a_recording_that_is_not_being_saved():
+    """A failing --record write (disk full) is logged once and soon scrolls away: the panel
+    keeps saying so while it lasts."""
+    rig = Rig({"melody": Melody})
+
+    class Rec:
+        path, error = "sessions/take.mid", None
+
+    rig.engine.recorder = Rec()
+    text = text_of(tui.render(snapshot(rig.engine, FakePorts(), now_ns=rig.clock.t)))
+    assert "recording" in text and "sessions/take.mid" in text and "NOT SAVING" not in text
+    Rec.error = "[Errno 28] No space left on device"
+    text = text_of(tui.render(snapshot(rig.engine, FakePorts(), now_ns=rig.clock.t)))
+    assert "NOT SAVING: [Errno 28] No space left on device" in text
+
+
 def test_panel_keeps_markup_in_names_literal():
     snap = Snapshot(generator="[bold]x[/bold]", in_ports=["in [1]"], mode="continue")
     text = text_of(tui.render(snap, ["a [red]log[/red] line"]))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.model.cache import PieceCache, piece_features
+from bridge.model.cache import JOURNAL_LIMIT, PieceCache, piece_features
 from bridge.model.encoding import HARMONY_SPEC, NOTE_SPEC
 from bridge.model.rnn import EventRNN, ModelConfig
 from bridge.model.sampling import key_mask, pitch_range_mask, sample_index
@@ -157,3 +157,67 @@ def test_graph_stepper_on_cuda():
     for ev in evs[:-1]:
         a.feed(ev), b.feed(ev)
     assert b.log_prob(evs[-1]) == pytest.approx(a.log_prob(evs[-1]), abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_discarded_answer_leaves_no_trace_in_the_piece_cache(kind):
+    """An answer sampled between snapshot() and restore() (the rnn plugin's continuation)
+    must not change what the model predicts for what the player plays next: the step
+    after restore equals the forward pass over the played events only."""
+    m = tiny(kind, True)
+    rows = piece(64).tolist()
+    cand, q, feat = piece_features(np.asarray(rows), NOTE_SPEC.sizes)
+    with torch.no_grad():
+        logp, _, _ = m(torch.tensor(rows)[None], torch.tensor([0]), torch.from_numpy(cand.astype(np.int64))[None],
+                       torch.from_numpy(q)[None], torch.from_numpy(feat.astype(np.int64))[None])
+    st = Stepper(m, seed=1)
+    st.reset()
+    for t, ev in enumerate(rows):
+        if t in (20, 33):  # two answers, discarded
+            snap = st.snapshot()
+            for _ in range(12):
+                st.feed(st.sample())
+            st.restore(snap)
+        assert st.log_prob(ev) == pytest.approx(float(logp[0, t].sum()), abs=1e-4), t
+        st.feed(ev)
+
+
+def test_cache_rollback_after_evictions_and_nested_marks():
+    c = PieceCache(capacity=30)
+    ref = PieceCache(capacity=30)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ev = (int(rng.integers(0, 6)),)
+        c.update(ev), ref.update(ev)
+    outer = c.mark()
+    for _ in range(50):
+        c.update((int(rng.integers(0, 6)),))
+    inner = c.mark()
+    for _ in range(50):
+        c.update((int(rng.integers(0, 6)),))
+    c.rollback(inner)
+    c.rollback(outer)
+    assert c.predict() == ref.predict() and c.history == ref.history
+    assert dict(c.table) == dict(ref.table)
+    c.mark()  # a mark never rolled back (a snapshot only read) keeps the journal bounded
+    for _ in range(5000):
+        c.update((int(rng.integers(0, 6)),))
+    assert c._journal is None or len(c._journal) <= JOURNAL_LIMIT
+
+
+def test_mask_holds_at_temperature_zero():
+    """Greedy sampling (temperature 0) with a pitch range far from the network's favourite
+    pitch: every allowed pitch's probability underflows to 0, and the mask must still hold."""
+    st = Stepper(tiny("gru", False), seed=0)
+    st.reset()
+    for ev in piece(16).tolist():
+        st.feed(ev)
+    dt = st.sample(temperature=0.0)[0]
+    p = st.probs(1, (dt,), temperature=0.0)
+    allowed = np.flatnonzero(p[:128] == 0)[:3]
+    assert len(allowed) == 3
+    mask = np.zeros(129, bool)
+    mask[allowed] = True
+    for t in (0.0, 1e-3):
+        ev = st.sample(temperature=t, masks={"pitch": mask}, given=(dt,))
+        assert ev[1] in allowed.tolist()

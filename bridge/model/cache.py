@@ -12,6 +12,12 @@ its own distribution through a learned gate (see :mod:`bridge.model.rnn`).
 Work per event is O(len(ORDERS) x MAX_TOKENS) dictionary operations; memory is bounded by
 ``capacity`` contexts (least recently used ones are forgotten), so a session of any length
 stays flat.
+
+:meth:`PieceCache.mark` / :meth:`PieceCache.rollback` undo the events folded in between
+(a discarded answer): while a mark is outstanding each update journals the few entries it
+changes (bounded: past :data:`JOURNAL_LIMIT` entries the journal is dropped and a rollback
+only restores the context).  The counts come back exactly; contexts the undone events
+touched count as recently used.
 """
 
 from __future__ import annotations
@@ -25,35 +31,76 @@ K_CANDIDATES = 4
 MAX_TOKENS = 6  # continuations kept per context (the rarest is dropped)
 CONF_EDGES = (0.5, 0.85)
 N_FEATURES = (len(ORDERS) + 1) * (len(CONF_EDGES) + 1)
+JOURNAL_LIMIT = 16384  # journal entries kept for outstanding marks (about 2,000 events)
+_EVICT = object()
 
 
 class PieceCache:
-    __slots__ = ("capacity", "table", "history", "_ctx")
+    __slots__ = ("capacity", "table", "history", "_ctx", "_journal", "_jid")
 
     def __init__(self, capacity: int = 8192):
         self.capacity = capacity
         self.table: OrderedDict = OrderedDict()  # (order index, hash) -> {event: count}
         self.history: list = []  # the last max(ORDERS) events, most recent last
         self._ctx: list[tuple[int, int]] = []  # context keys for the next event, shortest first
+        self._journal: list | None = None  # undo entries while a mark is outstanding
+        self._jid = 0  # which journal the marks refer to
 
     def reset(self) -> None:
         self.table.clear()
         self.history.clear()
         self._ctx = []
+        self._drop_journal()
+
+    def _drop_journal(self) -> None:
+        self._journal = None
+        self._jid += 1
+
+    def mark(self) -> tuple:
+        """A point to :meth:`rollback` to (O(1): later updates journal what they change)."""
+        if self._journal is None:
+            self._journal = []
+        return (self._jid, len(self._journal), tuple(self.history), self._ctx)
+
+    def rollback(self, mark: tuple) -> None:
+        """Forget the events folded since ``mark`` (O(events since the mark))."""
+        jid, pos, history, ctx = mark
+        journal, table = self._journal, self.table
+        if jid == self._jid and journal is not None and pos <= len(journal):
+            while len(journal) > pos:
+                entry = journal.pop()
+                if entry[0] is _EVICT:
+                    table[entry[1]] = entry[2]
+                    table.move_to_end(entry[1], last=False)
+                elif entry[1] is None:
+                    del table[entry[0]]
+                else:
+                    table[entry[0]] = entry[1]
+            if pos == 0:
+                self._drop_journal()
+        self.history[:] = history
+        self._ctx = ctx
 
     def update(self, event: tuple) -> None:
         """Count ``event`` after the current contexts, then extend the context."""
-        table = self.table
+        table, journal = self.table, self._journal
         for key in self._ctx:
             counts = table.pop(key, None)
-            if counts is None:
+            if journal is not None:  # keep the old counts, change a copy
+                journal.append((key, counts))
+                counts = {} if counts is None else dict(counts)
+            elif counts is None:
                 counts = {}
             counts[event] = counts.get(event, 0) + 1
             if len(counts) > MAX_TOKENS:
                 del counts[min(counts, key=counts.get)]
             table[key] = counts  # most recently used last
         while len(table) > self.capacity:
-            table.popitem(last=False)
+            old = table.popitem(last=False)
+            if journal is not None:
+                journal.append((_EVICT, *old))
+        if journal is not None and len(journal) > JOURNAL_LIMIT:
+            self._drop_journal()
         hist = self.history
         hist.append(event)
         if len(hist) > ORDERS[-1]:

@@ -132,13 +132,15 @@ class Stepper:
                 self.c.zero_()
 
     def snapshot(self):
-        """The recurrent state (the piece cache is not part of it)."""
+        """The recurrent state and a mark of the piece cache: :meth:`restore` undoes the
+        events fed since (a discarded answer leaves no trace in the in-piece statistics)."""
         with torch.inference_mode():
             return (self.h.clone(), None if self.c is None else self.c.clone(), self.cands, self.q, self.feat,
-                    None if self._l0 is None else self._l0.clone(), self._s)
+                    None if self._l0 is None else self._l0.clone(), self._s, self.cache.mark())
 
     def restore(self, snap) -> None:
-        h, c, self.cands, self.q, self.feat, self._l0, self._s = snap
+        h, c, self.cands, self.q, self.feat, self._l0, self._s, mark = snap
+        self.cache.rollback(mark)
         with torch.inference_mode():
             self.h.copy_(h)
             if c is not None:
@@ -206,7 +208,7 @@ class Stepper:
         """The copy gate's logit for the next event (valid after field 0's logits)."""
         return self._s + float(self.gate_bias[self.feat]) + self.gate_offset
 
-    def _rnn_probs(self, k: int, prefix, temperature: float) -> np.ndarray:
+    def _rnn_logits(self, k: int, prefix, temperature: float) -> np.ndarray:
         if k == 0 and self._l0 is not None:
             logits = self._l0
         else:
@@ -214,6 +216,10 @@ class Stepper:
         logits = logits.detach().cpu().numpy().astype(np.float64)
         if temperature != 1.0:
             logits = logits / max(temperature, 1e-4)
+        return logits
+
+    def _rnn_probs(self, k: int, prefix, temperature: float) -> np.ndarray:
+        logits = self._rnn_logits(k, prefix, temperature)
         p = np.exp(logits - logits.max())
         return p / p.sum()
 
@@ -257,6 +263,12 @@ class Stepper:
                 continue
             p = self._mix(k, event, p_rnn, r, g)
             mask = None if masks is None else masks.get(self.spec.fields[k].name)
+            if mask is not None and np.any(mask) and not np.any(np.where(mask, p, 0.0) > 0):
+                # every allowed value underflowed (a low temperature): the network's
+                # distribution over the allowed values only, so the mask still holds
+                logits = np.where(mask, self._rnn_logits(k, event, temperature), -np.inf)
+                if np.isfinite(logits.max()):
+                    p = np.exp(logits - logits.max())
             v = sample_index(p, self.rng, top_p=top_p, mask=mask)
             event.append(v)
             r *= p_rnn[v]

@@ -230,7 +230,9 @@ class RNNGenerator(Generator):
     def _answer(self, context: Context) -> Iterator[Note]:
         # The answer feeds its own notes back into the recurrent state; when it ends (played
         # out, interrupted, or a speculative answer discarded unplayed) the state returns to
-        # what the player played, so a discarded speculation leaves no trace.
+        # what the player played (the recurrent state and the in-piece statistics), so the
+        # model goes on from the player's notes alone, and a discarded speculation leaves
+        # no trace.
         snap, last_onset = self.st.snapshot(), self.last_onset
         self._answer_state = snap  # for rating_context(): the state this answer came from
         try:

@@ -107,6 +107,8 @@ class ControlMap:
         self._by_key: dict[tuple[str, int], list[Binding]] = {}
         for b in self.bindings:
             self._by_key.setdefault((b.kind, b.number), []).append(b)
+        for found in self._by_key.values():  # a binding on one channel wins over "every channel"
+            found.sort(key=lambda b: b.channel is None)
 
     def __bool__(self) -> bool:
         return bool(self.bindings)

@@ -121,6 +121,19 @@ def test_generator_knob_and_next_pad():
     assert rig.engine.gen_name == "a" and rig.engine.stats["notes_in"] == 1
 
 
+def test_a_binding_on_one_channel_wins_over_the_same_control_on_every_channel():
+    """'note 36 ch 10' (a pad, learned with its channel) and 'note 36' (any channel): the pad
+    on channel 10 is the channel-specific binding, whatever the order in the map; it used
+    to fire whichever action was listed first."""
+    for mapping in ({"next": "note 36", "panic": "note 36 ch 10"},
+                    {"panic": "note 36 ch 10", "next": "note 36"}):
+        rig = Rig({"a": Melody, "b": Melody}, start="a", control={"map": mapping})
+        rig.send(0, 0x99, 36, 100)          # the pad on channel 10: panic, not next
+        assert rig.engine.gen_name == "a", mapping
+        rig.send(1, 0x90, 36, 100)          # key 36 on channel 1: next
+        assert rig.engine.gen_name == "b", mapping
+
+
 def test_panic_pad_ends_every_note():
     rig = Rig({"i": Intervals}, engine={"mode": "accompany"}, control={"map": {"panic": "cc 26"}})
     rig.on(0, 60)

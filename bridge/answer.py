@@ -23,7 +23,8 @@ def _next(it: Iterator[Note]):
 
 
 class Answer:
-    __slots__ = ("it", "pull", "prompt", "b0", "t0", "clocked", "count", "skipped", "next", "done")
+    __slots__ = ("it", "pull", "prompt", "b0", "t0", "clocked", "count", "skipped", "next", "jitter",
+                 "done")
 
     def __init__(self, it: Iterator[Note], pull: Callable = _next) -> None:
         self.it = it
@@ -35,6 +36,7 @@ class Answer:
         self.count = 0                 # notes scheduled
         self.skipped = 0               # invalid notes skipped
         self.next: Note | None = None  # pulled, not yet scheduled
+        self.jitter: int | None = None  # its humanise offset (ns), drawn once
         self.done = False
 
     def peek(self, valid: Callable[[Note], bool], max_notes: int, max_beats: float) -> Note | None:
@@ -59,6 +61,7 @@ class Answer:
     def take(self) -> None:
         """The note from :meth:`peek` has been scheduled."""
         self.next = None
+        self.jitter = None
         self.count += 1
 
     def close(self, call: Callable) -> None:

@@ -499,13 +499,19 @@ class Engine(ctl_mod.LiveControls):
         b = answer.b0 + n.start
         clocked = answer.clocked
         if self.grid is not None:
-            b = quantize(b, self.grid, self.swing, origin=0.0 if clocked else answer.b0)
+            origin = 0.0 if clocked else answer.b0
+            q = quantize(b, self.grid, self.swing, origin=origin)
+            if q < answer.b0 - 1e-9:  # (a grid that does not divide the beat: the nearest
+                q = quantize(b + self.grid, self.grid, self.swing, origin=origin)  # point may be before the start)
+            b = q
         if clocked:  # follow the DAW's position, tempo changes included
             t = now + round((b - self.beat_at(now)) * self.ns_per_beat(now))
         else:
             t = answer.t0 + round((b - answer.b0) * self.ns_per_beat(now))
-        if self.humanize_ns:
-            t += int(max(-2.0, min(2.0, self._rng.gauss(0.0, 1.0))) * self.humanize_ns)
+        if self.humanize_ns:  # one offset per note, however often its time is asked
+            if answer.jitter is None:
+                answer.jitter = int(max(-2.0, min(2.0, self._rng.gauss(0.0, 1.0))) * self.humanize_ns)
+            t += answer.jitter
         return max(t + self.offset_ns, now)
 
     def _retime(self, answer: Answer, now: int) -> None:

@@ -1221,3 +1221,41 @@ def test_a_runaway_accompaniment_is_capped(caplog):
     rig.off(2100, 60)
     rig.advance(4000)
     assert unmatched(rig.msgs()) == {}
+
+
+def test_humanise_spreads_answer_notes_around_the_beat_not_early():
+    """One random offset per note: it was drawn anew at every look at the next note, and
+    the note went out on the first draw early enough (notes ~6 ms early on average, with
+    less spread than asked)."""
+    import statistics
+
+    rig = Rig({"m": Endless}, output={"humanize_ms": 20},
+              continuation={"max_notes": 1024, "max_beats": 256})
+    rig.engine._rng.seed(1)
+    phrase(rig)
+    rig.advance(200_000)
+    ons = [t for t, _, _ in rig.note_ons()][2:]     # (after the played phrase)
+    step = 60_000 / 120 * Endless.STEP                 # the answer's grid, ms
+    offsets = [t - ons[0] - i * step for i, t in enumerate(ons)]
+    offsets = [o - statistics.median(offsets) for o in offsets]
+    assert len(ons) > 500
+    assert abs(statistics.mean(offsets)) < 3.0
+    assert statistics.pstdev(offsets) > 16.0
+
+
+def test_a_dotted_grid_never_starts_an_answer_before_its_beat():
+    """Clocked, `start_on: beat`, quantised to 1/8. from the song's start: the nearest grid
+    point to the answer's first beat can be before it; the note went out at once (on
+    neither the beat nor the grid)."""
+    rig = Rig({"m": Melody}, output={"quantize": "1/8."}, phrase={"silence_ms": 200},
+              continuation={"start_on": "beat"})
+    tr = _Transport(rig)
+    rig.send(0, 0xFA)                           # Start: the first clock is beat 0
+    tr.clocks(1000)
+    tr.phrase(1000)                             # ends at 1550 ms, beat ~3.06: the answer on beat 4
+    tr.clocks(4000)
+    ons = [t for t, _, p in rig.note_ons() if p >= 72]
+    assert ons, rig.timed()
+    first = (ons[0] - tr.tick_ms) / 500         # in beats (120 bpm)
+    assert first >= 4.0 - 1e-3, first           # not before the answer's beat (4)
+    assert abs(first / 0.75 - round(first / 0.75)) < 1e-3, first  # and on the 1/8. grid

@@ -239,8 +239,12 @@ class Engine(ctl_mod.LiveControls):
                 self._system(t, now, msg)
             return
         ch, kind = status & 0x0F, status & 0xF0
-        if self.cmap and (kind == midi.CONTROL or kind == midi.NOTE_ON or kind == midi.NOTE_OFF):
+        if self.cmap and (kind == midi.CONTROL or kind == midi.NOTE_ON or kind == midi.NOTE_OFF
+                          or kind == midi.POLY_AT):
             b = self.cmap.match("cc" if kind == midi.CONTROL else "note", msg[1], ch)
+            if b is not None and kind == midi.POLY_AT:  # a mapped pad's pressure: consumed
+                self.stats["control"] += 1
+                return
             if b is not None:
                 self.stats["control"] += 1
                 self._mapped(b, kind, msg[2], ch)

@@ -353,3 +353,15 @@ def test_leaving_thru_mode_for_a_mode_the_generator_lacks_keeps_playing_thru(cap
     rig.tap(0, 60)
     assert rig.note_ons() == [(0, 0, 60)], "what is played must still be heard"
     assert unmatched(rig.msgs()) == {}
+
+
+def test_a_mapped_pads_pressure_is_consumed_not_passed_thru():
+    """A pad mapped to an action sends poly aftertouch while held: it is the control's,
+    not music (it went out through thru, on a note the synth never got)."""
+    rig = Rig({"m": Melody}, thru={"enabled": True}, control={"map": {"panic": "note 36"}})
+    rig.send(0, 0x99, 36, 100)           # the pad, channel 10
+    mark = rig.mark()
+    rig.send(10, 0xA9, 36, 80)           # its pressure
+    rig.send(20, 0xA9, 37, 80)           # an unmapped key's pressure passes
+    assert rig.msgs(mark) == [(0xA9, 37, 80)]
+    assert set(rig.engine.stats) >= {"control"} and rig.engine.stats["control"] == 2

@@ -269,7 +269,7 @@ class Engine(ctl_mod.LiveControls):
                 # All Notes Off / All Sound Off from the player: no key is held any more
                 # (a lost note-off must not keep the phrase open for ever)
                 self.held = {k for k in self.held if k[0] != ch}
-            if self.thru_on or self.mode == "thru" or self._fallback_thru:
+            if self._thru_active():
                 self.sched.message(now, self._thru_remap(msg), THRU)
         self._after_calls()
         self.sched.pump(now)
@@ -375,7 +375,7 @@ class Engine(ctl_mod.LiveControls):
         self._drop_speculation()  # the generator's state is about to change
         if on and (self._answer is not None or now < self._cont_until):
             self._interrupt(now)
-        if self.thru_on or self.mode == "thru" or self._fallback_thru:
+        if self._thru_active():
             tch = ch if self.thru_channel is None else self.thru_channel
             if on:
                 self.sched.note(now, None, tch, pitch, velocity, THRU, safety=False)
@@ -572,23 +572,31 @@ class Engine(ctl_mod.LiveControls):
         and CC123 on its channels -- except where thru plays the player's own messages: a
         pedal their foot still holds must stay down there."""
         self.stats["interrupted"] += 1
-        self._end_answer()
-        self._drop_speculation()
-        self._cont_until = 0
+        channels = self._cont_channels.copy()
+        self._stop_answer()
         self.sched.end_tag(now, CONT)
-        thru = self.thru_on or self.mode == "thru" or self._fallback_thru
-        player = ({self.thru_channel} if self.thru_channel is not None else self._in_channels) if thru else ()
-        self.sched.release_channels(now, sorted(self._cont_channels.difference(player)))
-        self._cont_channels.clear()
+        if self._thru_active():
+            channels -= {self.thru_channel} if self.thru_channel is not None else self._in_channels
+        self.sched.release_channels(now, sorted(channels))
         self.sched.pump(now)
 
     def _end_everything(self, now: int) -> None:
+        self._stop_answer()
+        self.sched.panic(now)
+        self.sched.pump(now)
+
+    def _stop_answer(self) -> None:
+        """Close the answer and any pre-sampled one; nothing of them is sounding any more
+        once the caller has ended their notes."""
         self._end_answer()
         self._drop_speculation()
         self._cont_until = 0
         self._cont_channels.clear()
-        self.sched.panic(now)
-        self.sched.pump(now)
+
+    def _thru_active(self) -> bool:
+        """What is played passes to the output (thru on, thru mode, or a failed generator's
+        fallback)."""
+        return self.thru_on or self.mode == "thru" or self._fallback_thru
 
     # -- time -------------------------------------------------------------------------------
 

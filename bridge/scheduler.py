@@ -150,10 +150,8 @@ class Scheduler:
 
     def release_channels(self, t: int, channels) -> None:
         """CC64=0 on each of ``channels``, then CC123 on each (the CC part of a panic)."""
-        for ch in channels:
-            self._push(t, midi.control(ch, midi.CC_SUSTAIN, 0), None, -2)
-        for ch in channels:
-            self._push(t, midi.control(ch, midi.CC_ALL_NOTES_OFF, 0), None, -2)
+        for msg in _release_messages(channels):
+            self._push(t, msg, None, -2)
 
     def emergency(self) -> list[tuple[int, ...]]:
         """What ends every note at once, for another thread while the engine thread is
@@ -162,9 +160,7 @@ class Scheduler:
         the book stays as it is (its own note-offs, later, are harmless repeats)."""
         keys = sorted(set(self._sounding) | set(self._ending))
         channels = sorted(set(self.channels_used) | {ch for ch, _ in keys})
-        return ([midi.note_off(ch, pitch) for ch, pitch in keys]
-                + [midi.control(ch, midi.CC_SUSTAIN, 0) for ch in channels]
-                + [midi.control(ch, midi.CC_ALL_NOTES_OFF, 0) for ch in channels])
+        return [midi.note_off(ch, pitch) for ch, pitch in keys] + _release_messages(channels)
 
     @property
     def sounding(self) -> dict[Key, tuple[int, Tag]]:
@@ -265,3 +261,9 @@ class Scheduler:
             if self._heap:
                 nxt = self.next_deadline(now_fn()) or now
                 sleep(max(0.0, (nxt - now_fn()) / 1e9))
+
+
+def _release_messages(channels) -> list[tuple[int, int, int]]:
+    """CC64=0 on each channel, then CC123 on each: what follows a panic's note-offs."""
+    return ([midi.control(ch, midi.CC_SUSTAIN, 0) for ch in channels]
+            + [midi.control(ch, midi.CC_ALL_NOTES_OFF, 0) for ch in channels])

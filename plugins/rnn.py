@@ -304,7 +304,9 @@ class RNNGenerator(Generator):
         """Saved with a rating: the checkpoint, style, sampling settings and the recurrent
         state the last answer was sampled from (``h``, and ``c`` for an LSTM, flattened,
         rounded to 4 decimals; the current state when no answer was sampled yet)."""
-        snap = getattr(self, "_answer_state", None) or self.st.snapshot()
+        # (the current state read directly: a snapshot would also mark the piece cache,
+        # which then journals every later event until the mark is dropped)
+        snap = getattr(self, "_answer_state", None) or (self.st.h, self.st.c)
         styles = self._styles
         ctx = {"checkpoint": Path(str(self.config["checkpoint"])).name,
                "style": styles[self.style] if self.style < len(styles) else None,

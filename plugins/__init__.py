@@ -1,4 +1,11 @@
-"""First-party generator plugins, registered through the ``midi_bridge.generators`` entry points."""
+"""The first-party generators (``midi_bridge.generators``; the repository's plugins/ folder).
+
+Each is registered through the ``midi_bridge.generators`` entry-point group, exactly as a
+third-party plugin is, and imports the contract as one does (``midi_bridge.plugin``).
+
+May import: :mod:`midi_bridge.plugin` and the model library (:mod:`midi_bridge.model`).
+Not the core, runtime, stage, commands or training; one generator does not import another.
+"""
 
 from __future__ import annotations
 

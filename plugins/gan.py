@@ -1,13 +1,13 @@
 """The conditional bar GAN (``gan``): answers a played phrase bar by bar (``continue`` mode).
 
 The last bar of the phrase (the 4 beats ending on the beat after its last note, as
-sixteenth-note tokens; see :func:`bridge.model.gan.phrase_to_bars`) and the pitch-class
+sixteenth-note tokens; see :func:`midi_bridge.model.gan.phrase_to_bars`) and the pitch-class
 profile of the phrase's last 4 bars condition the first answer bar; each later bar is
 conditioned on the answer bar before it and the profile of the last 4 bars.  A bar is sampled
 only when the engine pulls past the previous one, so an interrupted answer costs nothing
 more.  A note held over a bar line is yielded when the next bar shows where it ends.  A
 checkpoint calibrated by ``train-gan --calibrate`` (the shipped ``gan.pt`` is) carries a pitch-class logit bias, used here
-as in :func:`bridge.model.gan.generate_melodies`.
+as in :func:`midi_bridge.model.gan.generate_melodies`.
 
 Config: ``checkpoint`` (relative paths are looked up in the current folder, then in the
 project's ``models/``), ``style`` (a label the checkpoint knows; default ``folk`` if it
@@ -22,9 +22,9 @@ import math
 from collections import deque
 from typing import Iterator
 
-from bridge.plugin import Context, Generator, Note, PlayedEvent, PluginError
-from plugins import checked_number
-from plugins.rnn import resolve_model_path
+from midi_bridge.plugin import Context, Generator, Note, PlayedEvent, PluginError
+from midi_bridge.generators import checked_number
+from .rnn import resolve_model_path
 
 MAX_TRACKED = 64  # note-offs remembered for the durations of the phrase's notes
 
@@ -44,7 +44,7 @@ class GANGenerator(Generator):
         super().__init__(config)
         import torch
 
-        from bridge.model import checkpoint, gan
+        from midi_bridge.model import checkpoint, gan
 
         self.gan = gan
         cfg = self.config

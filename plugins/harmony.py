@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from bridge.plugin import Context, Generator, Note, PlayedEvent
-from plugins import checked_number
+from midi_bridge.plugin import Context, Generator, Note, PlayedEvent
+from midi_bridge.generators import checked_number
 
 #: Krumhansl-Kessler probe-tone ratings, tonic first.
 MAJOR_PROFILE = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)

@@ -20,8 +20,8 @@ import random
 from collections import deque
 from typing import Any, Hashable, Iterator
 
-from bridge.plugin import Context, Generator, Note, PlayedEvent
-from plugins import checked_number
+from midi_bridge.plugin import Context, Generator, Note, PlayedEvent
+from midi_bridge.generators import checked_number
 
 
 class _Node:

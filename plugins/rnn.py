@@ -32,8 +32,8 @@ from collections import deque
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from bridge.plugin import Context, Generator, Note, PlayedEvent, PluginError
-from plugins import checked_number
+from midi_bridge.plugin import Context, Generator, Note, PlayedEvent, PluginError
+from midi_bridge.generators import checked_number
 
 log = logging.getLogger("midi_bridge.plugins.rnn")
 
@@ -58,9 +58,9 @@ def load_stepper(path: str, device: str = "auto", int8: bool = False, seed=None)
     """``(stepper, meta)`` for a checkpoint on the requested device (CPU fallback logged)."""
     import torch
 
-    from bridge.model import checkpoint
-    from bridge.model.device import resolve_device
-    from bridge.model.step import Stepper
+    from midi_bridge.model import checkpoint
+    from midi_bridge.model.device import resolve_device
+    from midi_bridge.model.step import Stepper
 
     try:
         model, meta, _ = checkpoint.load(resolve_model_path(path))
@@ -71,7 +71,7 @@ def load_stepper(path: str, device: str = "auto", int8: bool = False, seed=None)
         log.warning("rnn: %s", why)
     if dev.type == "cuda":
         try:
-            from bridge.model.cuda_graph import GraphedStepper
+            from midi_bridge.model.cuda_graph import GraphedStepper
 
             return GraphedStepper(model, dev, seed=seed), meta
         except Exception as exc:  # a broken GPU setup must not take the bridge down
@@ -90,7 +90,7 @@ def _pitch_mask(sampling, cfg):
                          f"({cfg['high']}): no pitch to play (low <= high, MIDI pitches 0-127)")
     mask = sampling.pitch_range_mask(low, high)
     if cfg["key"]:
-        from plugins.harmony import parse_key
+        from .harmony import parse_key
 
         try:
             tonic, mode = parse_key(str(cfg["key"]))
@@ -124,7 +124,7 @@ class RNNGenerator(Generator):
 
     def __init__(self, config=None) -> None:
         super().__init__(config)
-        from bridge.model import encoding, sampling
+        from midi_bridge.model import encoding, sampling
 
         self.enc = encoding
         cfg = self.config

@@ -1,7 +1,7 @@
 """Shared fakes for the engine tests: a manual clock, an in-memory output sink, fake plugins.
 
-Nothing here sleeps: time is a :class:`bridge.clock.SimClock` moved by hand, and the
-engine's deadlines are visited in order with :func:`bridge.render.run_until`, exactly as
+Nothing here sleeps: time is a :class:`midi_bridge.core.clock.SimClock` moved by hand, and the
+engine's deadlines are visited in order with :func:`midi_bridge.commands.render.run_until`, exactly as
 ``midi-bridge render`` drives it.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable
 
-from bridge import config as config_mod
-from bridge import midi
-from bridge.clock import SimClock
-from bridge.discovery import PluginInfo
-from bridge.engine import Engine
-from bridge.host import GeneratorHost
-from bridge.plugin import MODES, Context, Generator, Note, PlayedEvent
-from bridge.render import run_until
+from midi_bridge.commands import config as config_mod
+from midi_bridge.core import midi
+from midi_bridge.core.clock import SimClock
+from midi_bridge.runtime.discovery import PluginInfo
+from midi_bridge.core.engine import Engine
+from midi_bridge.runtime.host import GeneratorHost
+from midi_bridge.plugin import MODES, Context, Generator, Note, PlayedEvent
+from midi_bridge.commands.render import run_until
 
 MS = 1_000_000
 BEAT_MS = 500  # at the default 120 bpm

@@ -1,9 +1,9 @@
-"""The integration tests' JACK server: :mod:`bridge.jack` under one fixed name.
+"""The integration tests' JACK server: :mod:`midi_bridge.runtime.jack` under one fixed name.
 
-Everything lives in :mod:`bridge.jack` (the benchmark uses it too); this module fixes the
+Everything lives in :mod:`midi_bridge.runtime.jack` (the benchmark uses it too); this module fixes the
 tests' server name, ``midi-bridge-tests``, as the default of the functions that take
 one.  Setting a shared module global here (as ``monkeypatch.setattr(jackserver,
-"REGISTRY", ...)`` does) sets it in :mod:`bridge.jack` as well, so the functions see it.
+"REGISTRY", ...)`` does) sets it in :mod:`midi_bridge.runtime.jack` as well, so the functions see it.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os  # noqa: F401 - tests reach os through this module
 import sys
 import types
 
-import bridge.jack as _jack
-from bridge.jack import (  # noqa: F401 - re-exported
+import midi_bridge.runtime.jack as _jack
+from midi_bridge.runtime.jack import (  # noqa: F401 - re-exported
     MAX_SERVERS,
     REGISTRY,
     JackError,

@@ -1,6 +1,6 @@
 """A JACK MIDI test driver: plays into the bridge's input, records the bridge's output.
 
-It is the benchmark's driver (:mod:`bridge.bench.driver`) with what tests want on top:
+It is the benchmark's driver (:mod:`midi_bridge.bench.driver`) with what tests want on top:
 note helpers, and waiting that fails with everything received.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-from bridge.bench.driver import NOTE_OFF, NOTE_ON, Driver, Msg, unique_name
+from midi_bridge.bench.driver import NOTE_OFF, NOTE_ON, Driver, Msg, unique_name
 
 #: A received message: ``t_ns`` (perf_counter_ns in the input callback) and ``data``.
 Received = Msg
@@ -27,7 +27,7 @@ def unique_client_name(prefix: str) -> str:
 
 class MidiClient(Driver):
     """A MidiOut to the port matching ``to_port``, a MidiIn from ``from_port`` (of ``client``
-    when given; see :class:`bridge.bench.driver.Driver` for how ports are matched)."""
+    when given; see :class:`midi_bridge.bench.driver.Driver` for how ports are matched)."""
 
     def __init__(self, to_port: str = "midi-bridge in", from_port: str = "midi-bridge out",
                  client: str | None = None, name: str | None = None,

@@ -1,5 +1,5 @@
 """``midi-bridge render --audio``: FluidSynth found and called the right way, or a one-line
-message saying how to install what is missing (bridge/audio.py)."""
+message saying how to install what is missing (bridge/commands/audio.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import mido
 import pytest
 
-from bridge import audio, cli
-from bridge.audio import AudioError, render_audio
+from midi_bridge.commands import audio, cli
+from midi_bridge.commands.audio import AudioError, render_audio
 
 TPB = 480
 

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from bridge import jack
-from bridge.bench import cli, live
+from midi_bridge.runtime import jack
+from midi_bridge.bench import cli, live
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--notes", "5", "--phrases", "2", "--load-seconds", "1", "--stop-trials", "1"]
 
 
 def run_bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bridge.bench.live", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "midi_bridge.bench.live", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -92,7 +92,7 @@ def test_bench_on_a_running_server_with_a_table(jack_server):
 @pytest.mark.jack
 def test_interrupted_bench_stops_everything(jack_server):
     """SIGINT (Ctrl-C) in the middle of a row: exit 130, no bridge, echo or jackd left."""
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.bench.live", "--rows", "thru,load",
+    proc = subprocess.Popen([sys.executable, "-m", "midi_bridge.bench.live", "--rows", "thru,load",
                              "--load-seconds", "30"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -178,7 +178,7 @@ def test_an_extra_output_message_does_not_hide_a_lost_input():
 
 
 def _on(t_ns: int, pitch: int, velocity: int):
-    from bridge.bench.driver import Msg
+    from midi_bridge.bench.driver import Msg
     return Msg(t_ns, bytes([0x90, pitch, velocity]))
 
 
@@ -213,7 +213,7 @@ class _FakeDevice:
         self.offs = 0
 
     def _emit(self, t_ns: int, data: list[int]) -> None:
-        from bridge.bench.driver import Msg
+        from midi_bridge.bench.driver import Msg
         if not self.out_up:
             self.out_up = True
             return

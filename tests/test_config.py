@@ -1,4 +1,4 @@
-"""bridge.config: the shipped config.yaml, validation errors, and how the CLI reports them."""
+"""midi_bridge.commands.config: the shipped config.yaml, validation errors, and how the CLI reports them."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge import config
-from bridge.config import SCHEMA, ConfigError, defaults_raw, load, validate
+from midi_bridge.commands import config
+from midi_bridge.commands.config import SCHEMA, ConfigError, defaults_raw, load, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_YAML = ROOT / "config.yaml"
@@ -176,7 +176,7 @@ def test_override_checks_the_flag_value():
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "bridge", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "midi_bridge", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -221,7 +221,7 @@ def test_unquoted_on_and_off_are_taken_as_written(tmp_path):
 
 @pytest.mark.parametrize("flag", ["--in-port", "--out-port", "--record"])
 def test_a_bad_flag_value_names_the_flag_that_was_given(flag, capsys):
-    from bridge.cli import main
+    from midi_bridge.commands.cli import main
     assert main(["run", flag, " "]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from bridge import control
-from bridge.engine import ACCOUNTED
+from midi_bridge.core import control
+from midi_bridge.core.engine import ACCOUNTED
 from helpers import Both, Endless, Intervals, Melody, Rig, is_cc, unmatched
 from test_engine import phrase
 
@@ -43,7 +43,7 @@ def test_scales_are_monotonic_and_echo_round_trips():
 
 
 def test_a_bad_map_in_the_config_names_the_action():
-    from bridge.config import ConfigError, validate
+    from midi_bridge.commands.config import ConfigError, validate
     with pytest.raises(ConfigError, match="control.map.*actions from"):
         validate({"control": {"map": {"volume": "cc 7"}}})
     with pytest.raises(ConfigError, match="control.map.*'cc N'"):
@@ -254,7 +254,7 @@ def test_the_recorder_hears_inputs_outputs_by_source_and_markers():
 
 
 class FakeWatchdog:
-    """Stands in for bridge.watchdog: calls of functions named in ``slow`` 'overrun'."""
+    """Stands in for midi_bridge.runtime.watchdog: calls of functions named in ``slow`` 'overrun'."""
 
     def __init__(self, slow):
         self.slow = slow

@@ -1,4 +1,4 @@
-"""bridge.discovery and bridge.host: broken plugins are reported, the others keep working."""
+"""midi_bridge.runtime.discovery and midi_bridge.runtime.host: broken plugins are reported, the others keep working."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from importlib import metadata
 
 import pytest
 
-from bridge import discovery
-from bridge.host import GeneratorHost
-from bridge.plugin import ENTRY_POINT_GROUP, Generator, PluginError
+from midi_bridge.runtime import discovery
+from midi_bridge.runtime.host import GeneratorHost
+from midi_bridge.plugin import ENTRY_POINT_GROUP, Generator, PluginError
 
 PLUGIN_MODULE = textwrap.dedent('''
-    from bridge.plugin import Generator, Note
+    from midi_bridge.plugin import Generator, Note
 
     class Good(Generator):
         modes = frozenset({"continue"})
@@ -127,7 +127,7 @@ def test_the_bridges_own_registration_of_a_name_wins(fake_plugins, monkeypatch):
     """A third-party 'markov' never replaces the first-party one, wherever it is installed."""
     own = FakeDist(discovery.OWN_DISTRIBUTION, "0.1")
     eps = [FakeEntryPoint("markov", "fake_x:Markov", FakeDist("a-markov", "1.0")),
-           FakeEntryPoint("markov", "plugins.markov:MarkovGenerator", own)]
+           FakeEntryPoint("markov", "midi_bridge.generators.markov:MarkovGenerator", own)]
     for order in (eps, eps[::-1]):
         monkeypatch.setattr(discovery.metadata, "entry_points", lambda order=order, **kw: list(order))
         assert discovery.discover()["markov"].distribution == discovery.OWN_DISTRIBUTION
@@ -138,8 +138,8 @@ def test_the_bridges_own_registration_of_a_name_wins(fake_plugins, monkeypatch):
     ("missingattr", "import failed: AttributeError"),
     ("oldapi", "written for plugin API v0, this bridge provides v1"),
     ("weirdmode", "unknown modes ['harmonise']"),
-    ("notagen", "is not a subclass of bridge.plugin.Generator"),
-    ("factory", "is not a subclass of bridge.plugin.Generator"),
+    ("notagen", "is not a subclass of midi_bridge.plugin.Generator"),
+    ("factory", "is not a subclass of midi_bridge.plugin.Generator"),
 ])
 def test_a_plugin_that_cannot_load_is_reported_with_distribution_version_and_reason(
         fake_plugins, name, reason):

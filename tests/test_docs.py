@@ -2,7 +2,7 @@
 sub-commands, ``--json`` keys and files.
 
 Each check reads the documents as text and compares what they name with the code
-(:data:`bridge.config.SCHEMA`, the ``midi-bridge`` argument parser, the JSON the
+(:data:`midi_bridge.commands.config.SCHEMA`, the ``midi-bridge`` argument parser, the JSON the
 commands print).  Wording and figures are not checked here.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge import cli
-from bridge.config import SCHEMA
-from bridge.discovery import PluginInfo
+from midi_bridge.commands import cli
+from midi_bridge.commands.config import SCHEMA
+from midi_bridge.runtime.discovery import PluginInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md"] + [ROOT / "docs" / f"{n}.md" for n in (
@@ -168,8 +168,8 @@ def test_plugins_json_keys_named_in_plugins_md():
 
 def test_render_json_counters_named_in_plugins_md():
     from helpers import make_config
-    from bridge.engine import Engine
-    from bridge.host import GeneratorHost
+    from midi_bridge.core.engine import Engine
+    from midi_bridge.runtime.host import GeneratorHost
 
     text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
     m = re.search(r"`--json` prints a summary with the engine's counters; (.*?)\s+should be 0", text, re.S)

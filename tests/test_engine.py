@@ -1,6 +1,6 @@
 """The engine with in-memory ports and a manual clock.
 
-Every test drives :class:`bridge.engine.Engine` the way ``render`` does: input is handed
+Every test drives :class:`midi_bridge.core.engine.Engine` the way ``render`` does: input is handed
 over at a chosen instant, the engine's deadlines are visited in order, and the output
 sink records ``(clock time, message)``.  Defaults unless a test says otherwise: 120 bpm
 (a beat is 500 ms), silence 600 ms, min_notes 2, lookahead 30 ms, output channel 1 (0).
@@ -13,9 +13,9 @@ import math
 
 import pytest
 
-from bridge import midi
-from bridge.plugin import Note, PluginError
-from bridge.render import run_until
+from midi_bridge.core import midi
+from midi_bridge.plugin import Note, PluginError
+from midi_bridge.commands.render import run_until
 
 from helpers import MS, Both, Endless, Intervals, Melody, Rig, plugin_info, unmatched
 
@@ -736,7 +736,7 @@ def test_a_slow_load_overtaken_by_a_later_selection_does_not_replace_it():
     """Program change to b (loading in the background), then back to a (the current one)
     before b is ready: b arriving later must not replace the generator last selected."""
     import threading
-    from bridge.host import GeneratorHost
+    from midi_bridge.runtime.host import GeneratorHost
 
     rig = Rig({"a": A, "b": B}, start="a")
     posted, ready = [], threading.Event()
@@ -1205,7 +1205,7 @@ def test_an_answer_on_a_clock_without_transport_goes_on_when_the_daw_starts():
 def test_a_runaway_accompaniment_is_capped(caplog):
     """One played note answered with thousands of notes: the first MAX_ACCOMPANY play, the
     rest are counted as bad notes and named once in the log."""
-    from bridge.engine import MAX_ACCOMPANY
+    from midi_bridge.core.engine import MAX_ACCOMPANY
 
     class Flood(Intervals):
         def accompany(self, event, context):

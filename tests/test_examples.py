@@ -49,7 +49,7 @@ def arpeggiator(tmp_path_factory):
 
 def bridge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "bridge", *args], cwd=cwd, env=env,
+    done = subprocess.run([sys.executable, "-m", "midi_bridge", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"midi-bridge {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done
@@ -164,7 +164,7 @@ def test_live_accompany_plays_the_arpeggio_while_the_key_is_held(arpeggiator, ja
     config.write_text(yaml.safe_dump({"engine": {"output_channel": 2, "bpm": 120},
                                       "thru": {"enabled": False}}))
     client = unique_client_name("mb-test-arp")
-    cmd = [sys.executable, "-m", "bridge", "run", "--backend", "jack", "--client-name", client,
+    cmd = [sys.executable, "-m", "midi_bridge", "run", "--backend", "jack", "--client-name", client,
            "--config", str(config), "--generator", NAME, "--mode", "accompany", "-v"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,

@@ -37,7 +37,7 @@ sender.start()
 threading.Thread(target=busy, daemon=True).start()
 '''
 
-# A bridge's ports (bridge.ports.open_ports, as `midi-bridge run` opens them) with MIDI
+# A bridge's ports (midi_bridge.runtime.ports.open_ports, as `midi-bridge run` opens them) with MIDI
 # streaming into the input (a DAW playing a dense track, or sending clock), closed while
 # it streams: what `midi-bridge run` does on SIGINT/SIGTERM after the engine has ended
 # every note.  Its own thread floods the input, so the GIL is as contended as in the
@@ -45,7 +45,7 @@ threading.Thread(target=busy, daemon=True).start()
 _CLOSE_WHILE_STREAMING = r'''
 import sys, threading, time, queue
 import rtmidi
-from bridge import ports as ports_mod
+from midi_bridge.runtime import ports as ports_mod
 
 name = sys.argv[1]
 inbox = queue.SimpleQueue()
@@ -67,13 +67,13 @@ out.delete()
 '''
 
 
-# The same for the benchmark's and the tests' MIDI client (bridge.bench.driver.Driver, the
+# The same for the benchmark's and the tests' MIDI client (midi_bridge.bench.driver.Driver, the
 # base of tests/midiclient.MidiClient), closed while the device under test still sends: a
 # benchmark run hung this way in its stop row (the bridge's note-offs and CCs arriving).
 _DRIVER_CLOSE_WHILE_STREAMING = r'''
 import sys, threading, time
 import rtmidi
-from bridge.bench.driver import Driver
+from midi_bridge.bench.driver import Driver
 
 name = sys.argv[1]
 src_in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name)
@@ -128,7 +128,7 @@ def test_closing_the_ports_while_midi_streams_in_neither_crashes_nor_hangs(jack_
 
 _STUCK_PLUGIN = '''
 import time
-from bridge.plugin import Generator, Note
+from midi_bridge.plugin import Generator, Note
 
 
 class Stuck(Generator):

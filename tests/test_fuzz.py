@@ -45,13 +45,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bridge import engine as engine_mod
-from bridge import midi
-from bridge.midi import MalformedMidi, parse
-from bridge.plugin import Generator, Note
-from bridge.render import run_until
-from plugins.harmony import HarmonyGenerator
-from plugins.markov import MarkovGenerator
+from midi_bridge.core import engine as engine_mod
+from midi_bridge.core import midi
+from midi_bridge.core.midi import MalformedMidi, parse
+from midi_bridge.plugin import Generator, Note
+from midi_bridge.commands.render import run_until
+from midi_bridge.generators.harmony import HarmonyGenerator
+from midi_bridge.generators.markov import MarkovGenerator
 
 from helpers import MS, Rig, is_cc, is_off, is_on, unmatched
 
@@ -480,8 +480,8 @@ def run_scenario(combo, seed: int, extra, max_sections: int, plugins=None) -> tu
 
 
 def model_plugins() -> dict[str, type]:
-    from plugins.gan import GANGenerator
-    from plugins.rnn import RNNGenerator
+    from midi_bridge.generators.gan import GANGenerator
+    from midi_bridge.generators.rnn import RNNGenerator
 
     return {"rnn": RNNGenerator, "gan": GANGenerator, "markov": MarkovGenerator}
 
@@ -786,7 +786,7 @@ def test_the_feedback_guard_forgets_what_left_before_its_window():
     """The guard only needs what was sent within its window; it used to keep every distinct
     message ever sent (up to 3 x 16 x 128 x 128 of them: hundreds of MB in a long session
     of thru or accompaniment with varied velocities)."""
-    from bridge.guard import FeedbackGuard
+    from midi_bridge.core.guard import FeedbackGuard
 
     g = FeedbackGuard(30 * MS)
     r = random.Random(3)
@@ -803,7 +803,7 @@ def test_the_feedback_guard_forgets_what_left_before_its_window():
     assert not g.is_echo((0x90, 61, 100), t + 31 * MS)
 
 
-# -- bridge.midi.parse ----------------------------------------------------------------------
+# -- midi_bridge.core.midi.parse ----------------------------------------------------------------------
 
 
 def valid_messages():
@@ -889,7 +889,7 @@ def test_a_note_on_waiting_for_pacing_does_not_overlap_a_note_whose_end_also_wai
     """Owner B's note-on waits for a token while owner A's note on the same key is ended
     (end_tag): the note-on must not go out before A's note-off, and A's late note-off must
     not then cut B's note (which used to happen: a doubled note-on, then B cut short)."""
-    from bridge.scheduler import Scheduler
+    from midi_bridge.core.scheduler import Scheduler
 
     out: list = []
     s = Scheduler(out.append, burst=2, rate_per_ms=1.0)

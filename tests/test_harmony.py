@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from bridge.plugin import Context, Generator, PlayedEvent
-from plugins.harmony import (
+from midi_bridge.plugin import Context, Generator, PlayedEvent
+from midi_bridge.generators.harmony import (
     MAJOR,
     MAJOR_PROFILE,
     MINOR,
@@ -183,7 +183,7 @@ def test_reset_keeps_a_fixed_key():
     ({"decay": 1.5}, "decay"),
 ])
 def test_bad_settings_are_refused_naming_the_key(settings, key):
-    from plugins.harmony import HarmonyGenerator
+    from midi_bridge.generators.harmony import HarmonyGenerator
 
     with pytest.raises(ValueError) as e:
         HarmonyGenerator(settings)

@@ -23,7 +23,7 @@ import time
 import pytest
 import yaml
 
-from bridge import jack
+from midi_bridge.runtime import jack
 from midiclient import MidiClient, Received, unmatched_note_ons
 from test_integration_jack import Bridge
 
@@ -248,7 +248,7 @@ def test_logged_tempo_is_the_settled_estimate(caplog):
     for phase in (0.0, 1.0, 2.5, 4.0):  # where the first clock falls in a period, ms
         rig = Rig(plugins={"m": Melody})
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="bridge"):
+        with caplog.at_level(logging.INFO, logger="midi_bridge"):
             rig.send(0.0, START)
             for k in range(3 * 24):  # three beats
                 rig.send(math.ceil((phase + k * tick_ms) / period_ms) * period_ms + 1.0, CLOCK)

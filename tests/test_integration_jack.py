@@ -35,11 +35,11 @@ CONFIG = {
 
 
 class Bridge:
-    """``python -m bridge run --backend jack ...`` with its merged stdout/stderr collected."""
+    """``python -m midi_bridge run --backend jack ...`` with its merged stdout/stderr collected."""
 
     def __init__(self, args: list[str], config_path: Path) -> None:
         self.client = unique_client_name("mb-test-bridge")  # see unique_client_name
-        self.cmd = [sys.executable, "-m", "bridge", "run", "--backend", "jack",
+        self.cmd = [sys.executable, "-m", "midi_bridge", "run", "--backend", "jack",
                     "--client-name", self.client, "--config", str(config_path), "-v", *args]
         self.lines: list[str] = []
         self.ready = threading.Event()
@@ -133,7 +133,7 @@ def play_phrase(midi: MidiClient, pitches: list[int], on_s: float = 0.12,
 
 
 def plugins_json() -> dict[str, dict]:
-    done = subprocess.run([sys.executable, "-m", "bridge", "plugins", "--json"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "midi_bridge", "plugins", "--json"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
@@ -271,7 +271,7 @@ def test_record_holds_the_session_and_is_closed_on_sigterm(start_bridge, driver,
 
 @pytest.mark.jack
 def test_a_pad_rates_the_last_answer_into_the_ratings_file(start_bridge, driver, tmp_path):
-    from bridge.ratings import load_ratings
+    from midi_bridge.stage.ratings import load_ratings
 
     ratings = tmp_path / "ratings.jsonl"
     bridge = start_bridge("--mode", "continue", "--generator", "rnn", "--no-tui", config={

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge import config as config_mod
-from bridge.learn import LearnError, set_map_entry
+from midi_bridge.commands import config as config_mod
+from midi_bridge.commands.learn import LearnError, set_map_entry
 from midiclient import MidiClient, unique_client_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_missing_sections_are_added(text):
 
 
 def test_an_unknown_action_is_refused(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "bridge", "learn", "volume", "--config", str(tmp_path / "c.yaml")],
+    done = subprocess.run([sys.executable, "-m", "midi_bridge", "learn", "volume", "--config", str(tmp_path / "c.yaml")],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown action 'volume'" in done.stderr
     assert not (tmp_path / "c.yaml").exists()
@@ -60,7 +60,7 @@ def test_learn_binds_the_knob_that_moves(jack_server, tmp_path):
     cfg = tmp_path / "live.yaml"
     cfg.write_text((REPO / "config.yaml").read_text())
     client = unique_client_name("mb-learn")
-    proc = subprocess.Popen([sys.executable, "-m", "bridge", "learn", "temperature", "rate_bad",
+    proc = subprocess.Popen([sys.executable, "-m", "midi_bridge", "learn", "temperature", "rate_bad",
                              "--backend", "jack", "--client-name", client, "--config", str(cfg),
                              "--timeout", "60"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -103,7 +103,7 @@ class _FakePorts:
 def _learn(monkeypatch, tmp_path, text, actions, script, *, timeout=2.0):
     """Run cmd_learn on ``text`` with ``script(put)`` playing the controller in a thread."""
     import argparse
-    from bridge import learn as learn_mod
+    from midi_bridge.commands import learn as learn_mod
 
     path = tmp_path / "c.yaml"
     if text is not None:
@@ -185,7 +185,7 @@ def test_a_config_that_cannot_be_written_is_a_one_line_error_before_any_control_
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     import argparse
-    from bridge import learn as learn_mod
+    from midi_bridge.commands import learn as learn_mod
     opened = []
     monkeypatch.setattr(learn_mod.ports_mod, "choose", lambda backend: "fake")
     monkeypatch.setattr(learn_mod.ports_mod, "open_ports", lambda *a, **kw: opened.append(1) or _FakePorts())

@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from bridge.plugin import Context, Generator, Note, PlayedEvent
-from plugins.markov import PPM, MarkovGenerator
+from midi_bridge.plugin import Context, Generator, Note, PlayedEvent
+from midi_bridge.generators.markov import PPM, MarkovGenerator
 
 # --------------------------------------------------------------------------------------
 # PPM
@@ -296,7 +296,7 @@ def test_the_performers_live_temperature_overrides_the_configured_one(monkeypatc
     """The temperature knob / the status screen's +/- (Context.temperature, contract 1.1) is
     'the generator's sampling temperature' (docs/controllers.md); before, markov ignored it
     and always sampled at its configured temperature."""
-    import plugins.markov as markov
+    import midi_bridge.generators.markov as markov
 
     gen, _ = trained(temperature=1.0)
     seen = []

@@ -1,11 +1,11 @@
-"""bridge.midi.parse: normalisation and rejection of malformed input; the engine survives it."""
+"""midi_bridge.core.midi.parse: normalisation and rejection of malformed input; the engine survives it."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge import midi
-from bridge.midi import MalformedMidi, parse
+from midi_bridge.core import midi
+from midi_bridge.core.midi import MalformedMidi, parse
 
 from helpers import Melody, Rig
 

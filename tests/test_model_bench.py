@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from bridge.model import bench
+from midi_bridge.bench import model as bench
 
 
 class _Stepper:
@@ -71,7 +71,7 @@ def test_cli_refuses_a_session_too_short_for_event_100(capsys):
 def test_int8_rows_are_not_float32_under_another_name(monkeypatch):
     """Where this torch has no fbgemm (Apple Silicon, Linux on ARM) the step stays float32:
     no row may then be labelled int8."""
-    from bridge.model import step
+    from midi_bridge.model import step
 
     monkeypatch.setattr(step, "_prepack_int8", lambda w, b: None)
     res = bench.run(events=3, long=0, int8=True, gan_path="none")

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from bridge.model import checkpoint
-from bridge.model.cli import main as model_cli, register
-from bridge.model.encoding import NOTE_SPEC
-from bridge.model.rnn import EventRNN, ModelConfig
+from midi_bridge.model import checkpoint
+from midi_bridge.training.cli import main as model_cli, register
+from midi_bridge.model.encoding import NOTE_SPEC
+from midi_bridge.model.rnn import EventRNN, ModelConfig
 
 
 def test_register_adds_subcommands():
@@ -43,7 +43,7 @@ def test_bench_model_json(tmp_path, capsys):
     torch.manual_seed(0)
     model = EventRNN(NOTE_SPEC, 1, ModelConfig(hidden=24, layers=1, emb=8, head=16))
     checkpoint.save(tmp_path / "m.pt", model, {"styles": ["folk"]})
-    from bridge.model import bench
+    from midi_bridge.bench import model as bench
 
     bench.LARGER = ((32, 1), (40, 2))  # keep the test fast
     assert model_cli(["bench", "model", "--json", "--checkpoint", str(tmp_path / "m.pt"), "--events", "30",

@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
-from bridge.model.dataset import load_meta, load_split, prepare, split_of
-from bridge.model.encoding import GridNote
-from bridge.model.midifile import write_midi
+from midi_bridge.training.dataset import load_meta, load_split, prepare, split_of
+from midi_bridge.model.encoding import GridNote
+from midi_bridge.training.midifile import write_midi
 
 
 def make_corpus(root, n=30, seed=0, voices=1):
@@ -65,7 +65,7 @@ def test_prepare_harmony_view(tmp_path):
 def test_prepare_nothing_usable_says_so(tmp_path, capsys):
     """A folder of only bad files is an error (exit 2) that lists each file's reason, and
     no empty dataset is written; a folder without MIDI files says so."""
-    from bridge.model.cli import main as model_cli
+    from midi_bridge.training.cli import main as model_cli
 
     src = tmp_path / "bad"
     src.mkdir()
@@ -83,7 +83,7 @@ def test_prepare_nothing_usable_says_so(tmp_path, capsys):
 
 
 def test_a_huge_file_is_skipped_without_being_read(tmp_path, monkeypatch):
-    from bridge.model import dataset
+    from midi_bridge.training import dataset
 
     big = tmp_path / "big.mid"
     write_midi(big, [[GridNote(i * 12, 60 + i % 12, 12) for i in range(40)]])
@@ -116,8 +116,8 @@ def _type0(path, voices, n=12):
 def test_type0_file_channels_are_tracks(tmp_path):
     """In a type 0 file (all channels in one track) --mono keeps the melody channel only,
     and the harmony view finds the lower voices."""
-    from bridge.model.dataset import encode_file
-    from bridge.model.midifile import read_midi
+    from midi_bridge.training.dataset import encode_file
+    from midi_bridge.training.midifile import read_midi
 
     _type0(tmp_path / "t0.mid", [76, 64, 55, 43])
     piece = read_midi(tmp_path / "t0.mid")

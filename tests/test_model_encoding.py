@@ -6,9 +6,9 @@ import mido
 import numpy as np
 import pytest
 
-from bridge.model.encoding import (HARMONY_SPEC, MAX_DT, NONE, NOTE_SPEC, WAIT, GridNote, bin_to_vel,
+from midi_bridge.model.encoding import (HARMONY_SPEC, MAX_DT, NONE, NOTE_SPEC, WAIT, GridNote, bin_to_vel,
                                    decode_notes, encode_notes, harmony_rows, sort_notes, to_monophonic)
-from bridge.model.midifile import MidiFileError, read_midi, write_midi
+from midi_bridge.training.midifile import MidiFileError, read_midi, write_midi
 
 
 def random_piece(rng, poly: bool, n=200):
@@ -134,7 +134,7 @@ def test_zero_length_note_written_off_before_on(tmp_path):
 def test_corrupt_huge_delta_time_is_refused(tmp_path):
     """A delta time of 2**28 ticks (a corrupt file) would encode as hundreds of thousands
     of WAIT rows (GBs at small ticks_per_beat); the file is skipped with a reason."""
-    from bridge.model.dataset import encode_file
+    from midi_bridge.training.dataset import encode_file
 
     mid = mido.MidiFile(ticks_per_beat=96)
     tr = mido.MidiTrack()

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from bridge import discovery
-from bridge.model import gan
-from bridge.model.checkpoint import CheckpointError
-from bridge.model.dataset import pack
-from bridge.model.encoding import ENCODING_VERSION, NOTE_SPEC, STEPS_PER_BEAT, GridNote, encode_notes
-from bridge.plugin import Context, Note, PlayedEvent, PluginError
-from plugins.gan import GANGenerator
+from midi_bridge.runtime import discovery
+from midi_bridge.model import gan
+from midi_bridge.model.checkpoint import CheckpointError
+from midi_bridge.training.dataset import pack
+from midi_bridge.model.encoding import ENCODING_VERSION, NOTE_SPEC, STEPS_PER_BEAT, GridNote, encode_notes
+from midi_bridge.plugin import Context, Note, PlayedEvent, PluginError
+from midi_bridge.generators.gan import GANGenerator
 
 TINY = {"z": 8, "ch": 16, "cond": 8, "n_styles": 2}
 
@@ -161,7 +161,7 @@ def write_dataset(root, seed=0):
 
 
 def test_train_gan_checkpoints_reload_and_resume(tmp_path, capsys):
-    from bridge.cli import main
+    from midi_bridge.commands.cli import main
 
     ds = write_dataset(tmp_path / "ds")
     run = tmp_path / "run"
@@ -282,7 +282,7 @@ def test_plugin_via_discovery(tmp_path):
 
 
 def test_shipped_checkpoint_is_small_and_loads():
-    from plugins.rnn import MODELS_DIR
+    from midi_bridge.generators.rnn import MODELS_DIR
 
     path = MODELS_DIR / "gan.pt"
     if not path.exists():
@@ -295,8 +295,8 @@ def test_shipped_checkpoint_is_small_and_loads():
 
 
 def test_calibration_moves_pitch_classes_towards_target(tmp_path):
-    from bridge.model.gan_train import calibrate, onset_pc_counts
-    from bridge.model.theory import js_divergence
+    from midi_bridge.training.gan_train import calibrate, onset_pc_counts
+    from midi_bridge.model.theory import js_divergence
 
     path = tiny_checkpoint(tmp_path / "g.pt")
     old = gan.load(path)
@@ -341,8 +341,8 @@ def test_calibration_moves_pitch_classes_towards_target(tmp_path):
 
 
 def test_transposition_and_tonal_feature_matching():
-    from bridge.model.gan import transpose_tokens
-    from bridge.model.gan_train import tonal_loss, tonal_profiles
+    from midi_bridge.model.gan import transpose_tokens
+    from midi_bridge.training.gan_train import tonal_loss, tonal_profiles
 
     c_major = gan.melody_to_bars([(60, 0, 1), (64, 1, 1), (67, 2, 1), (95, 3, 1)], 1)
     toks = torch.as_tensor(np.concatenate([c_major, c_major]))
@@ -392,7 +392,7 @@ def test_continuation_of_heldout_passages(tmp_path):
 
 
 def test_train_gan_warm_start_with_augmentation(tmp_path, capsys):
-    from bridge.cli import main
+    from midi_bridge.commands.cli import main
 
     ds = write_dataset(tmp_path / "ds")
     common = ["train-gan", "-d", str(ds), "--steps-per-epoch", "2", "--batch", "8", "--z", "8",
@@ -450,10 +450,10 @@ def test_key_normalised_generator_is_transposition_equivariant(tmp_path):
 
 
 def test_train_gan_refuses_a_harmony_dataset(tmp_path, capsys):
-    from bridge.cli import main
+    from midi_bridge.commands.cli import main
     from test_model_dataset import make_corpus
 
-    from bridge.model.dataset import prepare
+    from midi_bridge.training.dataset import prepare
 
     make_corpus(tmp_path / "src", n=6, voices=4)
     prepare([tmp_path / "src"], tmp_path / "harm", view="harmony", log=lambda *a, **k: None)
@@ -464,7 +464,7 @@ def test_train_gan_refuses_a_harmony_dataset(tmp_path, capsys):
 
 
 def test_train_gan_resume_refuses_another_dataset(tmp_path, capsys):
-    from bridge.cli import main
+    from midi_bridge.commands.cli import main
 
     ds = write_dataset(tmp_path / "ds")
     other = write_dataset(tmp_path / "other")

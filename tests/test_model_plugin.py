@@ -6,11 +6,11 @@ import logging
 import pytest
 import torch
 
-from bridge.model import checkpoint
-from bridge.model.encoding import HARMONY_SPEC, NOTE_SPEC
-from bridge.model.rnn import EventRNN, ModelConfig
-from bridge.plugin import Context, PlayedEvent, PluginError
-from plugins.rnn import RNNGenerator
+from midi_bridge.model import checkpoint
+from midi_bridge.model.encoding import HARMONY_SPEC, NOTE_SPEC
+from midi_bridge.model.rnn import EventRNN, ModelConfig
+from midi_bridge.plugin import Context, PlayedEvent, PluginError
+from midi_bridge.generators.rnn import RNNGenerator
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_a_closed_answer_leaves_the_state_as_the_player_left_it(ckpts):
 def test_a_held_chord_sounds_again_under_a_passing_note(ckpts):
     """The chorale harmonizer may hold its voices (no new attack) under a passing note; in
     accompany mode the old voices ended with the old note, so they must sound again."""
-    from bridge.model import encoding as enc
+    from midi_bridge.model import encoding as enc
 
     g = make(ckpts)
     first = ev(True, 67, 0.0)
@@ -150,7 +150,7 @@ def test_a_held_chord_sounds_again_under_a_passing_note(ckpts):
 def test_nan_weights_never_reach_the_output(tmp_path):
     import numpy as np
 
-    from bridge.model.sampling import NonFiniteLogits, sample_index
+    from midi_bridge.model.sampling import NonFiniteLogits, sample_index
 
     rng = np.random.default_rng(0)
     p = np.array([np.nan, 0.2, np.inf, 0.8])
@@ -183,7 +183,7 @@ def test_a_model_that_only_waits_ends_its_answer_instead_of_hanging(ckpts, monke
     barely covers), next() must not loop for ever inside one call (before: it only came
     back after the sampler chose a pitch, i.e. never for a range the model cannot sample;
     'midi-bridge render' hung and the live bridge only said the budget was overrun)."""
-    from bridge.model import encoding as enc
+    from midi_bridge.model import encoding as enc
 
     g = make(ckpts)
     g.observe(ev(True, 60, 0.0)), g.observe(ev(False, 60, 0.5))
@@ -244,7 +244,7 @@ def test_live_temperature_reaches_the_harmonizer(ckpts, monkeypatch):
 
 @pytest.fixture(scope="module")
 def gan_plugin():
-    from plugins.gan import GANGenerator
+    from midi_bridge.generators.gan import GANGenerator
 
     return GANGenerator
 

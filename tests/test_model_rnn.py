@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.model.cache import JOURNAL_LIMIT, PieceCache, piece_features
-from bridge.model.encoding import HARMONY_SPEC, NOTE_SPEC
-from bridge.model.rnn import EventRNN, ModelConfig
-from bridge.model.sampling import key_mask, pitch_range_mask, sample_index
-from bridge.model.step import Stepper
+from midi_bridge.model.cache import JOURNAL_LIMIT, PieceCache, piece_features
+from midi_bridge.model.encoding import HARMONY_SPEC, NOTE_SPEC
+from midi_bridge.model.rnn import EventRNN, ModelConfig
+from midi_bridge.model.sampling import key_mask, pitch_range_mask, sample_index
+from midi_bridge.model.step import Stepper
 
 
 def tiny(kind="gru", copy=True, spec=NOTE_SPEC, seed=0):
@@ -109,7 +109,7 @@ def test_cache_blends_continuations():
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_graph_stepper_kernels_match_on_cpu(kind):
     """The CUDA-graph stepper's kernels, run eagerly on the CPU, equal the CPU stepper."""
-    from bridge.model.cuda_graph import GraphedStepper
+    from midi_bridge.model.cuda_graph import GraphedStepper
 
     m = tiny(kind, True)
     a, b = Stepper(m), GraphedStepper(m, device="cpu", graphs=False)
@@ -123,7 +123,7 @@ def test_graph_stepper_kernels_match_on_cpu(kind):
 def test_graph_stepper_restore_matches_cpu(kind):
     """An answer sampled ahead and then discarded (snapshot, feeds, restore) leaves the
     graphed stepper where the CPU stepper is: the copy gate and the logits included."""
-    from bridge.model.cuda_graph import GraphedStepper
+    from midi_bridge.model.cuda_graph import GraphedStepper
 
     m = tiny(kind, True)
     a, b = Stepper(m), GraphedStepper(m, device="cpu", graphs=False)
@@ -143,7 +143,7 @@ def test_graph_stepper_restore_matches_cpu(kind):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 def test_graph_stepper_on_cuda():
-    from bridge.model.cuda_graph import GraphedStepper
+    from midi_bridge.model.cuda_graph import GraphedStepper
 
     m = tiny("gru", True)
     a, b = Stepper(m), GraphedStepper(m.cuda(), device="cuda")

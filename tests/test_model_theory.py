@@ -2,7 +2,7 @@
 
 import pytest
 
-from bridge.model import theory as T
+from midi_bridge.model import theory as T
 
 
 def mel(pitches, step=0.5):

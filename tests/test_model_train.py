@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridge.model import checkpoint
-from bridge.model.cli import main as model_cli
-from bridge.model.dataset import prepare
+from midi_bridge.model import checkpoint
+from midi_bridge.training.cli import main as model_cli
+from midi_bridge.training.dataset import prepare
 from test_model_dataset import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_ddp_two_processes_gloo(dataset, tmp_path):
     run = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "bridge.model.cli", "train", "-d", str(dataset), "-o", str(run), "--epochs", "2",
+           "-m", "midi_bridge.training.cli", "train", "-d", str(dataset), "-o", str(run), "--epochs", "2",
            "--device", "cpu", *TINY]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -114,7 +114,7 @@ def _small_dataset(root, files, style="folk"):
 
 @pytest.fixture(scope="module")
 def corpus_files(tmp_path_factory):
-    from bridge.model.dataset import split_of
+    from midi_bridge.training.dataset import split_of
 
     root = tmp_path_factory.mktemp("corpus")
     make_corpus(root / "src", n=20)
@@ -177,7 +177,7 @@ def test_resume_refuses_another_dataset_or_model(dataset, corpus_files, tmp_path
 
 
 def test_wrong_kind_or_truncated_checkpoint_messages(dataset, tmp_path, capsys):
-    from bridge.model import gan
+    from midi_bridge.model import gan
 
     run = tmp_path / "run"
     assert model_cli(["train", "-d", str(dataset), "-o", str(run), "--epochs", "1", *TINY]) == 0

@@ -1,4 +1,4 @@
-"""bridge/model/tune.py (RL fine-tuning, ratings) and evaluate --theory (theory_eval)."""
+"""bridge/training/tune.py (RL fine-tuning, ratings) and evaluate --theory (theory_eval)."""
 
 import copy
 import json
@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from bridge.model import checkpoint, theory
-from bridge.model.cli import main as model_cli
-from bridge.model.encoding import NOTE_SPEC
-from bridge.model.rnn import EventRNN, ModelConfig
-from bridge.model.step import Stepper
-from bridge.model.tune import answer_logp, ratings_batch, rating_rows, rows_to_melody, sample_rows, tune
-from bridge.model.tune_cli import register
+from midi_bridge.model import checkpoint, theory
+from midi_bridge.training.cli import main as model_cli
+from midi_bridge.model.encoding import NOTE_SPEC
+from midi_bridge.model.rnn import EventRNN, ModelConfig
+from midi_bridge.model.step import Stepper
+from midi_bridge.training.tune import answer_logp, ratings_batch, rating_rows, rows_to_melody, sample_rows, tune
+from midi_bridge.training.tune_cli import register
 
 CFG = ModelConfig(hidden=16, layers=1, emb=8, head=16)
 
@@ -48,8 +48,8 @@ def test_tiny_tune_improves_the_reward_and_writes_a_loadable_checkpoint(tmp_path
     assert after > before + 0.5, (before, after)
     path = tmp_path / "tuned.pt"
     checkpoint.save(path, model, {"styles": ["folk", "chorale"], "mono": True}, half=True)
-    from plugins.rnn import RNNGenerator
-    from bridge.plugin import Context
+    from midi_bridge.generators.rnn import RNNGenerator
+    from midi_bridge.plugin import Context
 
     g = RNNGenerator({"checkpoint": str(path), "harmonizer": None, "seed": 1, "device": "cpu"})
     it = g.continuation(Context(tempo_bpm=120, beat=0.0, max_notes=4))
@@ -138,7 +138,7 @@ def test_evaluate_without_theory_keeps_its_shape(tiny_data, capsys):
 
 def test_tune_refuses_a_dataset_that_does_not_fit_the_checkpoint(tiny_data, tmp_path, capsys):
     """-d of another view (a harmony dataset) or with other styles: a message, not a numpy error."""
-    from bridge.cli import main
+    from midi_bridge.commands.cli import main
     from test_model_dataset import make_corpus
 
     d = tiny_data

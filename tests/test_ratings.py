@@ -1,15 +1,15 @@
-"""bridge/ratings.py: the non-blocking writer and the loader; plugins/rnn.py's rating_context."""
+"""bridge/stage/ratings.py: the non-blocking writer and the loader; plugins/rnn.py's rating_context."""
 
 import json
 import logging
 
 import torch
 
-from bridge.model import checkpoint
-from bridge.model.encoding import NOTE_SPEC
-from bridge.model.rnn import EventRNN, ModelConfig
-from bridge.plugin import Context, PlayedEvent
-from bridge.ratings import RatingsWriter, load_ratings
+from midi_bridge.model import checkpoint
+from midi_bridge.model.encoding import NOTE_SPEC
+from midi_bridge.model.rnn import EventRNN, ModelConfig
+from midi_bridge.plugin import Context, PlayedEvent
+from midi_bridge.stage.ratings import RatingsWriter, load_ratings
 
 
 def record(rating, answer=((64, 90, 0.0, 0.5), (65, 90, 0.5, 0.5))):
@@ -58,7 +58,7 @@ def test_writer_add_never_raises_and_unwritable_records_are_counted(tmp_path):
 
 
 def test_rnn_rating_context_has_checkpoint_state_and_temperature(tmp_path):
-    from plugins.rnn import RNNGenerator
+    from midi_bridge.generators.rnn import RNNGenerator
 
     torch.manual_seed(0)
     checkpoint.save(tmp_path / "mel.pt", EventRNN(NOTE_SPEC, 2, ModelConfig(hidden=16, layers=1, emb=8, head=16)),

@@ -1,4 +1,4 @@
-"""Session recording (bridge/record.py): the file parses, plays at the recorded times, keeps
+"""Session recording (bridge/stage/record.py): the file parses, plays at the recorded times, keeps
 who played what apart, ends every note, and survives a kill."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import mido
 import pytest
 
-from bridge import cli
-from bridge.config import validate
-from bridge.record import TICKS_PER_BEAT, Recorder, RecordError, source_for
+from midi_bridge.commands import cli
+from midi_bridge.commands.config import validate
+from midi_bridge.stage.record import TICKS_PER_BEAT, Recorder, RecordError, source_for
 
 from helpers import Melody, Rig
 
@@ -303,7 +303,7 @@ def test_a_final_write_that_fails_is_reported_at_close_and_leaves_no_temporary_f
     rec.path.unlink()
     rec.path.mkdir()                      # os.replace onto it fails
     clock.t = T0 + 500 * MS
-    with caplog.at_level(logging.INFO, logger="bridge.record"):
+    with caplog.at_level(logging.INFO, logger="midi_bridge.stage.record"):
         rec.close()
     assert rec.error is not None and str(rec.path) in rec.error
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -333,7 +333,7 @@ def test_run_record_flag_overrides_the_config(tmp_path, monkeypatch):
 CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
-    from bridge.record import Recorder
+    from midi_bridge.stage.record import Recorder
     rec = Recorder({dir!r})
     print(rec.path, flush=True)
     i = 0

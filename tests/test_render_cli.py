@@ -12,9 +12,9 @@ from pathlib import Path
 import mido
 import pytest
 
-from bridge import cli
-from bridge.config import validate
-from bridge.render import RenderError, read_events, render
+from midi_bridge.commands import cli
+from midi_bridge.commands.config import validate
+from midi_bridge.commands.render import RenderError, read_events, render
 
 ROOT = Path(__file__).resolve().parents[1]
 TPB = 480           # ticks per beat; at 120 bpm a beat is 500 ms
@@ -229,7 +229,7 @@ def test_run_on_alsa_without_a_sequencer_exits_2_and_says_what_to_do(capsys):
 @needs_no_alsa
 def test_run_on_alsa_as_a_process_exits_2_without_a_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "bridge", "run", "--backend", "alsa"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "midi_bridge", "run", "--backend", "alsa"], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "ALSA sequencer" in r.stderr

@@ -1,10 +1,10 @@
-"""bridge.scheduler: ordering, note bookkeeping, panic and pacing, on a manual clock."""
+"""midi_bridge.core.scheduler: ordering, note bookkeeping, panic and pacing, on a manual clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge.scheduler import Scheduler
+from midi_bridge.core.scheduler import Scheduler
 
 from helpers import MS, unmatched
 

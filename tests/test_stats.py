@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.stats import LatencyWindow, Snapshot, phrase_state, snapshot
+from midi_bridge.stage.stats import LatencyWindow, Snapshot, phrase_state, snapshot
 from helpers import MS, Both, Intervals, Melody, Rig
 
 S = 1_000_000_000

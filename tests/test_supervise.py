@@ -22,9 +22,9 @@ import pytest
 import rtmidi
 import yaml
 
-from bridge import ports as ports_mod
-from bridge.bench.driver import Child, bridge_cmd, parse_stopped
-from bridge.supervise import PANIC, PortSupervisor
+from midi_bridge.runtime import ports as ports_mod
+from midi_bridge.bench.driver import Child, bridge_cmd, parse_stopped
+from midi_bridge.runtime.supervise import PANIC, PortSupervisor
 from conftest import need_jackd
 from jackserver import SERVER_NAME, JackError, JackServer, client_env
 from midiclient import MidiClient, unique_client_name
@@ -497,8 +497,8 @@ def test_jack_server_restart_is_survived(tmp_path, restart_server):
 # and RtMidi's send then spins with the GIL held: the watchdog makes that a loud exit.
 HANG = """
 import sys
-from bridge.ports import open_ports
-from bridge.supervise import PortSupervisor
+from midi_bridge.runtime.ports import open_ports
+from midi_bridge.runtime.supervise import PortSupervisor
 p = open_ports("jack", "mb-sup-hang", "midi-bridge in", "midi-bridge out", [], [], lambda item: None)
 PortSupervisor(p, watch=False, watchdog_s=3).start()
 print("READY", flush=True)

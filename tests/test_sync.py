@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from bridge.grid import next_boundary, parse_grid, quantize
-from bridge.sync import ClockFollower
+from midi_bridge.core.grid import next_boundary, parse_grid, quantize
+from midi_bridge.core.sync import ClockFollower
 from helpers import MS, Melody, Rig, is_cc, is_on, unmatched
 
 PERIOD_NS = 256 / 48000 * 1e9  # a JACK period at 48 kHz: clocks arrive on its boundaries
@@ -188,7 +188,7 @@ def test_speculation_is_discarded_when_the_player_goes_on():
 
 
 def test_bad_quantize_flag_exits_2_with_the_allowed_values(capsys):
-    from bridge.cli import main
+    from midi_bridge.commands.cli import main
     assert main(["run", "--quantize", "1/7"]) == 2
     err = capsys.readouterr().err
     assert "1/16" in err and "quantize" in err

@@ -21,9 +21,10 @@ import yaml
 rich = pytest.importorskip("rich")
 from rich.console import Console  # noqa: E402
 
-from bridge import cli, tui  # noqa: E402
-from bridge.loop import STOP  # noqa: E402
-from bridge.stats import LatencyWindow, Snapshot, snapshot  # noqa: E402
+from midi_bridge.commands import cli
+from midi_bridge.stage import tui
+from midi_bridge.runtime.loop import STOP  # noqa: E402
+from midi_bridge.stage.stats import LatencyWindow, Snapshot, snapshot  # noqa: E402
 from helpers import MS, Both, Melody, Rig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def test_panel_shows_every_field():
     for lat in (1, 2, 3):
         w.add(rig.clock.t, lat * MS)
     snap = snapshot(rig.engine, FakePorts(), w, now_ns=rig.clock.t)
-    text = text_of(tui.render(snap, ["12:00:00 INFO bridge.live: ready: hello"], window_s=60))
+    text = text_of(tui.render(snap, ["12:00:00 INFO midi_bridge.commands.live: ready: hello"], window_s=60))
     for expected in ("midi-bridge", "mb:midi-bridge in", "mb:midi-bridge out", "(jack)",
                      "generator", "melody", "mode continue", "internal clock", "100.0 bpm",
                      "waiting for silence (2 notes)", "in 2 (4 events)", "p50 2.00 ms",
@@ -226,7 +227,7 @@ def test_log_records_go_to_the_ring_and_handlers_come_back():
     ring = tui.RingHandler(size=3)
     with tui.logs_into(ring):
         assert root.handlers == [ring]
-        logger = logging.getLogger("bridge.test")
+        logger = logging.getLogger("midi_bridge.test")
         for i in range(5):
             logger.warning("line %d", i)
         try:
@@ -289,7 +290,7 @@ CONFIG = {"engine": {"output_channel": 2}, "thru": {"enabled": False}}
 
 
 class PtyBridge:
-    """``python -m bridge run --backend jack`` with a pseudo-terminal as its stdin/out/err."""
+    """``python -m midi_bridge run --backend jack`` with a pseudo-terminal as its stdin/out/err."""
 
     def __init__(self, args: list[str], config_path: Path, cols: int = 120, rows: int = 40) -> None:
         import fcntl
@@ -301,7 +302,7 @@ class PtyBridge:
         self.master, self.slave = pty.openpty()
         fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         self.saved_mode = termios.tcgetattr(self.slave)
-        self.cmd = [sys.executable, "-m", "bridge", "run", "--backend", "jack",
+        self.cmd = [sys.executable, "-m", "midi_bridge", "run", "--backend", "jack",
                     "--client-name", self.client, "--config", str(config_path), *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "xterm-256color"}
         for var in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TERM_PROGRAM"):

@@ -1,4 +1,4 @@
-"""bridge.watchdog: an overrunning plugin call is really cut short, and nothing leaks.
+"""midi_bridge.runtime.watchdog: an overrunning plugin call is really cut short, and nothing leaks.
 
 Times are generous: the machine running the tests may be loaded, and the watchdog thread
 needs the GIL (one switch interval, 5 ms) to fire.
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bridge.watchdog import Overrun, Watchdog
+from midi_bridge.runtime.watchdog import Overrun, Watchdog
 
 MS = 1_000_000
 
@@ -197,9 +197,9 @@ def test_close_stops_the_thread():
 
 
 def test_the_engines_plugin_guard_uses_it_to_cut_calls_and_iterators(wd):
-    """bridge.faults.PluginGuard calls ``watchdog.call(fn, *args, budget_ns=...)``, also
+    """midi_bridge.core.faults.PluginGuard calls ``watchdog.call(fn, *args, budget_ns=...)``, also
     with ``next`` on a continuation's iterator (StopIteration passes through)."""
-    from bridge.faults import DONE, FAILED, PluginGuard
+    from midi_bridge.core.faults import DONE, FAILED, PluginGuard
 
     guard = PluginGuard(budget_ms=20, max_overruns=2, watchdog=wd)
     t0 = time.perf_counter()
@@ -224,7 +224,7 @@ def test_an_accompany_written_as_a_generator_function_is_cut_too(wd):
     plugin's work runs while the engine iterates it, and that must be under the budget too,
     not outside the watchdog."""
     from helpers import Intervals, Rig, unmatched
-    from bridge.plugin import Note
+    from midi_bridge.plugin import Note
 
     class LazySlow(Intervals):
         def accompany(self, event, context):

@@ -1,7 +1,7 @@
 """The ``bench live`` command line: ``register(bench_subparsers)`` adds it to ``bench``.
 
-Stand-alone (until ``midi-bridge bench`` dispatches here): ``python -m bridge.bench.cli
-live [--json] ...`` or ``python -m bridge.bench.live [--json] ...`` (``live`` optional).
+Stand-alone (until ``midi-bridge bench`` dispatches here): ``python -m midi_bridge.bench.cli
+live [--json] ...`` or ``python -m midi_bridge.bench.live [--json] ...`` (``live`` optional).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def options(args: argparse.Namespace) -> Options:
 
 def cmd_live(args: argparse.Namespace) -> int:
     """Run the benchmark; exit 0, 1 when a row failed, 2 when JACK is unusable."""
-    from .. import jack
+    from midi_bridge.runtime import jack
     from .live import LiveBench, sigterm_as_interrupt
 
     opts = options(args)

@@ -27,7 +27,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import rtmidi
 
-from ..ports import close_midi
+from midi_bridge.runtime.ports import close_midi
 
 NOTE_OFF, NOTE_ON, CONTROL = 0x80, 0x90, 0xB0
 _serial = itertools.count()
@@ -263,12 +263,12 @@ class Child:
 
 
 def bridge_cmd(client: str, config_path: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "bridge", "run", "--backend", "jack", "--client-name", client,
+    return [sys.executable, "-m", "midi_bridge", "run", "--backend", "jack", "--client-name", client,
             "--config", config_path, *args]
 
 
 def echo_cmd(client: str) -> list[str]:
-    return [sys.executable, "-m", "bridge.bench.echo", "--client-name", client]
+    return [sys.executable, "-m", "midi_bridge.bench.echo", "--client-name", client]
 
 
 _STAT = re.compile(r"([a-z_]+) (\d+)")

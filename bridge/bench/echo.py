@@ -1,6 +1,6 @@
 """The floor of the live benchmark: a bare python-rtmidi echo client.
 
-``python -m bridge.bench.echo --client-name NAME`` opens a virtual input ``NAME in`` and a
+``python -m midi_bridge.bench.echo --client-name NAME`` opens a virtual input ``NAME in`` and a
 virtual output ``NAME out`` on JACK (the server named by ``JACK_DEFAULT_SERVER``) and
 sends every message it receives straight back out from the input callback: no queue, no
 thread hop, nothing else.  It prints ``ready`` on stdout when its ports exist, and on
@@ -16,11 +16,11 @@ import threading
 
 import rtmidi
 
-from ..ports import close_midi
+from midi_bridge.runtime.ports import close_midi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge.bench.echo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m midi_bridge.bench.echo", description=__doc__.splitlines()[0])
     parser.add_argument("--client-name", default="mb-bench-echo")
     parser.add_argument("--in-port", default="echo in")
     parser.add_argument("--out-port", default="echo out")

@@ -2,7 +2,7 @@
 
 Rows (each measured by an in-process python-rtmidi driver, stamped with perf_counter_ns):
 
-* ``floor``: a bare python-rtmidi echo client (:mod:`bridge.bench.echo`): note-on sent ->
+* ``floor``: a bare python-rtmidi echo client (:mod:`midi_bridge.bench.echo`): note-on sent ->
   echoed note-on received.
 * ``thru``: the same round trip through ``midi-bridge run --mode thru``.
 * ``accompany``: note-on sent -> the first accompaniment note-on received.
@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .. import jack
+from midi_bridge.runtime import jack
 from .driver import (Child, ClockSender, Driver, all_notes_ended, answer_over, bridge_cmd,
                      echo_cmd, first_note_on, match_latencies, parse_stopped, sleep_until,
                      unique_name)

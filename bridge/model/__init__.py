@@ -1,8 +1,12 @@
-"""The stateful recurrent generator: event encoding, data pipeline, models, training.
+"""The model library: the networks and everything that runs them live.
 
-Modules are named by what they hold: :mod:`encoding` (MIDI <-> events), :mod:`midifile`
-(reading and cleaning .mid files), :mod:`dataset` (``prepare`` and cached tensors),
-:mod:`corpus` (music21 export), :mod:`rnn` (LSTM/GRU with a one-event step API),
-:mod:`cache` (in-piece copy statistics), :mod:`sampling`, :mod:`checkpoint`,
-:mod:`train`, :mod:`evaluate`, :mod:`bench`, :mod:`device` and :mod:`cli`.
+:mod:`.encoding` (MIDI <-> event rows), :mod:`.rnn` (LSTM/GRU with a one-event step
+API), :mod:`.step` (the batch-1 CPU stepper), :mod:`.cuda_graph` (the captured CUDA
+step), :mod:`.cache` (in-piece copy statistics), :mod:`.sampling`, :mod:`.checkpoint`
+(safe loading), :mod:`.device`, :mod:`.gan` (the conditional GAN's networks and
+sampling) and :mod:`.theory` (music-theory reward and metrics).
+
+May import: its own modules and :mod:`midi_bridge.plugin` (for its error type).  Never a
+generator: the generators build on this library, not the other way round.  Offline
+work (datasets, training, evaluation) lives in :mod:`midi_bridge.training`.
 """

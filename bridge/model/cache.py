@@ -7,7 +7,7 @@ them in the current piece.  Its prediction is a distribution over at most
 PPM's escape method C and exclusion, renormalised over the candidates it kept, with a
 *feature id* (longest order matched x how much mass the candidates took before the
 renormalisation) that tells the network how far to trust it.  The network mixes it with
-its own distribution through a learned gate (see :mod:`bridge.model.rnn`).
+its own distribution through a learned gate (see :mod:`midi_bridge.model.rnn`).
 
 Work per event is O(len(ORDERS) x MAX_TOKENS) dictionary operations; memory is bounded by
 ``capacity`` contexts (least recently used ones are forgotten), so a session of any length

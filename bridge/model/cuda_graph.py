@@ -6,7 +6,7 @@ of every layer + first field's head"; one graph per further field replays its he
 the prefix buffer.  The host synchronises only to read a field's logits when it samples
 that field's token.  ``graphs=False`` runs the same kernels eagerly (for the benchmark's
 eager-vs-graph comparison).  Nothing here runs without a GPU; the CPU path is
-:class:`bridge.model.step.Stepper`.
+:class:`midi_bridge.model.step.Stepper`.
 """
 
 from __future__ import annotations

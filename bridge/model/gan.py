@@ -142,7 +142,7 @@ def piece_melody(rows) -> Melody:
 
 def split_melodies(dataset, split: str) -> tuple[list[Melody], list[int], list[str]]:
     """``(melodies, style ids, style names)`` of a prepared dataset split."""
-    from .dataset import load_meta, load_split
+    from midi_bridge.training.dataset import load_meta, load_split
 
     meta = load_meta(dataset)
     if meta["spec"]["view"] != "notes":

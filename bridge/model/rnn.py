@@ -5,7 +5,7 @@ event is predicted field by field: ``p_rnn(x) = prod_k p(x_k | h, x_<k)``.  Each
 is a small MLP over ``h + sum_j<k cond_j[x_j]``.
 
 With ``copy=True`` the model's distribution over whole events is a learned mixture with
-the in-piece statistics of :class:`~bridge.model.cache.PieceCache` (a distribution ``q``
+the in-piece statistics of :class:`~midi_bridge.model.cache.PieceCache` (a distribution ``q``
 over up to four candidate events)::
 
     p(x) = g q(x) + (1 - g) p_rnn(x),   g = sigmoid(w . a_0 + b[feature id])

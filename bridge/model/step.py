@@ -1,6 +1,6 @@
 """The one-event step API: :class:`Stepper` folds one event into the state in O(1).
 
-Built from a trained :class:`~bridge.model.rnn.EventRNN`, it does not call ``nn.GRU`` /
+Built from a trained :class:`~midi_bridge.model.rnn.EventRNN`, it does not call ``nn.GRU`` /
 ``nn.LSTM`` (their batch-1 path through oneDNN is slow on a CPU): the recurrent cells are
 written out from the same weights, the first layer's input projection is folded into
 per-token tables (so an event's input is a sum of table rows), all under

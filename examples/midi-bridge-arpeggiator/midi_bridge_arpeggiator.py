@@ -13,7 +13,7 @@ note every two steps); ``Context.temperature`` (or ``temperature`` in the settin
 performer has not set one) makes some steps pick another tone of the same chord at random.
 Temperature 0 plays the pattern exactly.
 
-Everything a plugin needs comes from ``bridge.plugin``; the bridge ends every note it
+Everything a plugin needs comes from ``midi_bridge.plugin``; the bridge ends every note it
 starts for us, so there is not a single note-off in this file.
 """
 
@@ -23,7 +23,7 @@ import math
 import random
 from typing import Any, Iterator, Mapping
 
-from bridge.plugin import Context, Generator, Note, PlayedEvent
+from midi_bridge.plugin import Context, Generator, Note, PlayedEvent
 
 PATTERNS = ("up", "down", "updown")
 

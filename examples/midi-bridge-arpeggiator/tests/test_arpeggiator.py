@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bridge.plugin import API_VERSION, Context, Note, PlayedEvent
+from midi_bridge.plugin import API_VERSION, Context, Note, PlayedEvent
 from midi_bridge_arpeggiator import ArpeggiatorGenerator
 
 BPM = 120.0

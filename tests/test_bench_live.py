@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from midi_bridge.bench import jackd
 from midi_bridge.runtime import jack
 from midi_bridge.bench import cli, live
 
@@ -76,7 +77,7 @@ def test_bench_live_json_shape(jack_server):
     assert isinstance(load["lost_input"], int) and isinstance(load["dropped_output"], int)
     assert load["sent"] == 2 * 200  # 200 notes/s for 1 s, each a note-on and a note-off
     assert load["bridge_events_in"] > 0
-    if not jack.responds(live.SERVER_NAME):  # (unless someone else runs one of that name)
+    if not jackd.responds(live.SERVER_NAME):  # (unless someone else runs one of that name)
         assert jack.registered_pid(live.SERVER_NAME) is None, "the bench leaked its JACK slot"
 
 
@@ -86,7 +87,7 @@ def test_bench_on_a_running_server_with_a_table(jack_server):
     done = run_bench("--server", jack_server, "--rows", "floor,thru", "--notes", "3", "-q")
     assert done.returncode == 0, done.stderr
     assert "floor" in done.stdout and "thru" in done.stdout and "x floor p50" in done.stdout
-    assert jack.responds(jack_server)
+    assert jackd.responds(jack_server)
 
 
 @pytest.mark.jack
@@ -109,7 +110,7 @@ def test_interrupted_bench_stops_everything(jack_server):
             proc.wait()
     assert proc.returncode == 130, err
     assert children_of_bench(proc.pid) == []
-    if not jack.responds(live.SERVER_NAME):
+    if not jackd.responds(live.SERVER_NAME):
         assert jack.registered_pid(live.SERVER_NAME) is None, "the bench leaked its JACK slot"
 
 

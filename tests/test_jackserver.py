@@ -91,7 +91,7 @@ def test_slot_with_recycled_pid_is_cleared(jack_server_handle):
     server.kill()
     stranger = subprocess.Popen(["sleep", "60"])
     try:
-        offset = jackserver._own_slot(SERVER_NAME)[0]
+        offset = jackserver.own_slot(SERVER_NAME)[0]
         with open(jackserver.REGISTRY, "r+b") as f:  # only our own slot is touched
             f.seek(offset)
             f.write(struct.pack("<i", stranger.pid))

@@ -17,7 +17,7 @@ import pytest
 
 from midi_bridge.commands import cli
 from midi_bridge.commands.config import validate
-from midi_bridge.stage.record import TICKS_PER_BEAT, Recorder, RecordError, source_for
+from midi_bridge.stage.record import TICKS_PER_BEAT, Recorder, RecordError
 
 from helpers import Melody, Rig
 
@@ -310,14 +310,6 @@ def test_a_final_write_that_fails_is_reported_at_close_and_leaves_no_temporary_f
     assert any("final file could not be written" in m for m in errors), errors
     assert not any("recorded" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
     assert not list((tmp_path / "rec").glob(".*.tmp")), "a partial temporary file was left behind"
-
-
-def test_source_for_maps_scheduler_tags():
-    assert source_for("thru", "rnn") == "thru"
-    assert source_for(None, "rnn") == "control"
-    assert source_for("cont", "rnn") == "rnn"
-    assert source_for(("acc", 0, 60), "harmony") == "harmony"
-    assert source_for("cont", None) == "generator"
 
 
 def test_run_record_flag_overrides_the_config(tmp_path, monkeypatch):

@@ -7,7 +7,9 @@ live [--json] ...`` or ``python -m midi_bridge.bench.live [--json] ...`` (``live
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 from typing import Any
 
@@ -87,16 +89,33 @@ def options(args: argparse.Namespace) -> Options:
                    rows=args.rows, seed=args.seed, stop_trials=args.stop_trials, progress=progress)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread, so every cleanup runs."""
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_live(args: argparse.Namespace) -> int:
     """Run the benchmark; exit 0, 1 when a row failed, 2 when JACK is unusable."""
-    from midi_bridge.runtime import jack
-    from .live import LiveBench, sigterm_as_interrupt
+    from . import jackd
+    from .live import LiveBench
 
     opts = options(args)
     try:
         with sigterm_as_interrupt():
             result = LiveBench(opts).run()
-    except jack.JackError as e:
+    except jackd.JackError as e:
         print(f"midi-bridge bench live: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -35,6 +35,8 @@ from typing import Any, Callable
 import yaml
 
 from midi_bridge.runtime import jack
+
+from . import jackd
 from .driver import (Child, ClockSender, Driver, all_notes_ended, answer_over, bridge_cmd,
                      echo_cmd, first_note_on, match_latencies, parse_stopped, sleep_until,
                      unique_name)
@@ -334,10 +336,10 @@ class LiveBench:
         server = None
         try:
             if o.server:
-                if not jack.responds(o.server):
-                    raise jack.JackError(f"no JACK server named '{o.server}' is running")
+                if not jackd.responds(o.server):
+                    raise jackd.JackError(f"no JACK server named '{o.server}' is running")
             else:
-                server = jack.JackServer(self.server, rate=o.rate, period=o.period)
+                server = jackd.JackServer(self.server, rate=o.rate, period=o.period)
                 o.progress(f"starting jackd '{self.server}' (dummy, {o.period} frames at {o.rate} Hz)")
                 server.start()
                 if not server.owned:
@@ -383,23 +385,6 @@ class LiveBench:
             for p in self.workdir.glob("*"):
                 p.unlink()
             self.workdir.rmdir()
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt in the main thread, so every cleanup runs."""
-    def handler(_signum, _frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,15 +81,6 @@ class RecordError(ValueError):
     """The recording directory cannot be created or written; ``str()`` is one line."""
 
 
-def source_for(tag: object, gen_name: str | None) -> str:
-    """The output track for a scheduler tag: ``thru``, ``control`` (tag None), else the generator."""
-    if tag == "thru":
-        return "thru"
-    if tag is None or tag == "control":
-        return "control"
-    return gen_name or "generator"
-
-
 def _vlq(n: int) -> bytes:
     """A MIDI variable-length quantity."""
     if n < 0x80:

@@ -1,0 +1,195 @@
+"""A native JACK MIDI backend: one client for every port, frame-accurate in and out.
+
+python-rtmidi on JACK makes one client per port and writes every event at frame 0 of
+the next period, so timing is never better than a period.  This backend uses
+JACK-Client (CFFI over the system libjack) instead:
+
+* **one client** (``NAME``) holds the input and output ports (``NAME:in``, ``NAME:out``,
+  plus any extras);
+* **input** is stamped with its own frame: ``last_frame_time`` + the event's offset,
+  turned into nanoseconds on JACK's clock (``jack_frames_to_time``; on Linux jackd2's
+  clock is ``CLOCK_MONOTONIC``, the clock of ``time.perf_counter_ns``, so the stamps
+  and the engine's ``now`` share one time line);
+* **output** is written at the frame of its due time inside the process callback, from
+  one lock-free ring buffer per output port that the engine thread fills ahead of
+  time.  A message whose frame has passed goes out at the start of the next period.
+  Per port, due frames never go backwards in the order messages were sent (a later
+  message is never written before an earlier one), so a panic sent after a note-on
+  that is still waiting in the ring ends that note after it started, never before.
+
+The process callback runs in JACK's real-time thread and needs the GIL: it does a fixed
+amount of work per event (no allocation beyond what CFFI's buffers cost, no lock, no
+logging) and counts xruns.  ``jack_frames_to_time``/``jack_time_to_frames`` and the
+port latency ranges are not wrapped by JACK-Client; they are called through ctypes on
+the same libjack.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import struct
+import threading
+from typing import Callable, Sequence
+
+#: One ring record: due frame (-1: as soon as possible), byte count, up to 7 bytes.
+_REC = struct.Struct("<qB7s")
+RING_BYTES = 1 << 16  # per output port: 4,096 records
+_CAPTURE, _PLAYBACK = 0, 1  # JackCaptureLatency, JackPlaybackLatency
+
+
+class JackMidiError(RuntimeError):
+    """JACK-Client or libjack is missing, or the server refused the client."""
+
+
+class _Range(ctypes.Structure):
+    _fields_ = [("min", ctypes.c_uint32), ("max", ctypes.c_uint32)]
+
+
+def _libjack():
+    name = ctypes.util.find_library("jack")
+    if name is None:
+        raise JackMidiError("libjack not found: install JACK (Debian/Ubuntu: apt-get install jackd2)")
+    lib = ctypes.CDLL(name)
+    lib.jack_frames_to_time.restype = ctypes.c_uint64
+    lib.jack_frames_to_time.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    lib.jack_time_to_frames.restype = ctypes.c_uint32
+    lib.jack_time_to_frames.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.jack_get_time.restype = ctypes.c_uint64
+    lib.jack_get_time.argtypes = []
+    lib.jack_port_get_latency_range.restype = None
+    lib.jack_port_get_latency_range.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Range)]
+    return lib
+
+
+def _address(ffi, ptr) -> int:
+    return int(ffi.cast("uintptr_t", ptr))
+
+
+class JackMidi:
+    """One active JACK client with MIDI ports ``inputs`` and ``outputs``.
+
+    ``on_input(t_ns, index, data)`` is called from JACK's process thread for every event
+    on input ``index`` (``data`` is a fresh ``bytes``): keep it to a queue put.
+    """
+
+    def __init__(self, client_name: str, inputs: Sequence[str], outputs: Sequence[str],
+                 on_input: Callable[[int, int, bytes], None], server: str | None = None) -> None:
+        try:
+            import jack
+        except (ImportError, OSError) as e:
+            raise JackMidiError(f"the JACK backend needs JACK-Client and libjack ({e}); "
+                                "pip install JACK-Client, or use --backend jack-rtmidi") from e
+        self._jack = jack
+        self._lib = _libjack()
+        try:
+            self.client = jack.Client(client_name, no_start_server=True, servername=server)
+        except jack.JackError as e:
+            raise JackMidiError(f"cannot open JACK client {client_name!r}: {e} "
+                                "(is the JACK server running? `jack_lsp` tells)") from e
+        self.name = self.client.name
+        self._cptr = _address(jack._ffi, self.client._ptr)
+        self.inports = [self.client.midi_inports.register(n) for n in inputs]
+        self.outports = [self.client.midi_outports.register(n) for n in outputs]
+        self._rings = [jack.RingBuffer(RING_BYTES) for _ in outputs]
+        self._last_due = [0] * len(outputs)      # engine side: due frames never go back
+        self._rec = bytearray(_REC.size)
+        self._send_lock = threading.Lock()       # the engine thread and the watchdog send
+        self._on_input = on_input
+        self.xruns = 0
+        self.dropped = 0                          # ring full, or a message over 7 bytes
+        self.period = self.client.blocksize
+        self.rate = self.client.samplerate
+        self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+        self.client.activate()
+
+    # -- time --------------------------------------------------------------------------------
+
+    def frame_ns(self, frame: int) -> int:
+        """JACK's time of ``frame``, in ns."""
+        return self._lib.jack_frames_to_time(self._cptr, frame & 0xFFFFFFFF) * 1000
+
+    def ns_frame(self, t_ns: int) -> int:
+        return self._lib.jack_time_to_frames(self._cptr, max(0, t_ns) // 1000)
+
+    def now_ns(self) -> int:
+        return self._lib.jack_get_time() * 1000
+
+    def latency_frames(self) -> tuple[int, int]:
+        """``(capture, playback)``: the graph's worst latency into our inputs and out of
+        our outputs, in frames (JACK's port latency ranges; 0 when nothing is connected)."""
+        def worst(ports, mode):
+            r = _Range()
+            best = 0
+            for p in ports:
+                self._lib.jack_port_get_latency_range(_address(self._jack._ffi, p._ptr), mode, ctypes.byref(r))
+                best = max(best, r.max)
+            return best
+        return worst(self.inports, _CAPTURE), worst(self.outports, _PLAYBACK)
+
+    # -- the engine's side -------------------------------------------------------------------
+
+    def send(self, index: int, msg: Sequence[int] | bytes, due_ns: int | None = None) -> bool:
+        """Queue ``msg`` for output ``index`` at ``due_ns`` (None: the next period's start).
+
+        Never blocks; False (counted in ``dropped``) when the ring is full or the message
+        is over 7 bytes.
+        """
+        data = bytes(msg)
+        if len(data) > 7:
+            self.dropped += 1
+            return False
+        with self._send_lock:
+            due = -1 if due_ns is None else self.ns_frame(due_ns)
+            if due >= 0:
+                last = self._last_due[index]
+                # frames are 32-bit and wrap (~25 h at 48 kHz): compare modulo 2**32
+                if ((due - last) & 0xFFFFFFFF) >= 0x80000000:
+                    due = last
+                self._last_due[index] = due
+            ring = self._rings[index]
+            if ring.write_space < _REC.size:
+                self.dropped += 1
+                return False
+            _REC.pack_into(self._rec, 0, due, len(data), data)
+            ring.write(self._rec)
+        return True
+
+    def close(self) -> None:
+        """Deactivate and close the client (what is still in the rings is not sent)."""
+        client = self.client
+        if client is not None:
+            try:
+                client.deactivate()  # the process callback no longer runs after this
+            finally:
+                client.close()
+                self.client = None
+
+    # -- JACK's process thread ------------------------------------------------------------------
+
+    def _xrun(self, _delay_usecs: float) -> None:
+        self.xruns += 1
+
+    def _process(self, frames: int) -> None:
+        f0 = self.client.last_frame_time
+        for index, port in enumerate(self.inports):
+            for offset, buf in port.incoming_midi_events():
+                self._on_input(self.frame_ns(f0 + offset), index, bytes(buf))
+        size, unpack = _REC.size, _REC.unpack
+        for port, ring in zip(self.outports, self._rings):
+            port.clear_buffer()
+            floor = 0
+            while ring.read_space >= size:
+                due, n, data = unpack(ring.peek(size))
+                if due >= 0:
+                    ahead = (due - f0) & 0xFFFFFFFF
+                    if ahead < 0x80000000:          # due now or later
+                        if ahead >= frames:
+                            break                   # a later period's: it waits (FIFO)
+                        floor = max(floor, ahead)
+                ring.read_advance(size)
+                try:
+                    port.write_midi_event(floor, data[:n])
+                except self._jack.JackError:  # the period's buffer is full
+                    self.dropped += 1

@@ -67,11 +67,66 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(bench_subparsers) -> None:
-    """Add ``live`` to the ``bench`` command's subparsers."""
+    """Add ``live`` and ``witness`` to the ``bench`` command's subparsers."""
     p = bench_subparsers.add_parser("live", help="end-to-end latency through JACK: floor, thru, "
                                                  "accompany, continue, grid, load, stop")
     add_arguments(p)
     p.set_defaults(func=cmd_live)
+    w = bench_subparsers.add_parser("witness", help="answers against the DAW's grid, recorded by "
+                                                    "jack_midi_dump -a (frame-accurate, from outside)")
+    w.add_argument("--json", action="store_true", help="print one JSON object")
+    w.add_argument("--periods", type=_ints, default=[256, 1024], metavar="LIST",
+                   help="JACK periods in frames, one server each (default 256,1024)")
+    w.add_argument("--jitter", type=_floats, default=[0.0, 5.0], metavar="LIST",
+                   help="clock jitter in %% of a tick, as jack_midi_clock -J (default 0,5)")
+    w.add_argument("--phrases", type=int, default=8, metavar="N", help="phrases per case (default 8)")
+    w.add_argument("--bpm", type=float, default=100.0, help="the clock's tempo (default 100)")
+    w.add_argument("--generator", default="markov", metavar="NAME", help="generator (default markov)")
+    w.add_argument("--seed", type=int, default=1, help="seed of the clock's jitter")
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    w.set_defaults(func=cmd_witness)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of integers, not {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of numbers, not {text!r}") from None
+
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    """Exit 0 when every case met 1 ms, 1 when one missed, 2 when JACK is unusable."""
+    from . import jackd, witness
+
+    def progress(text: str) -> None:
+        if not args.quiet:
+            print(f"bench witness: {text}", file=sys.stderr, flush=True)
+
+    try:
+        with sigterm_as_interrupt():
+            result = witness.run(args.periods, args.jitter, phrases=args.phrases, bpm=args.bpm,
+                                 generator=args.generator, seed=args.seed, progress=progress)
+    except jackd.JackError as e:
+        print(f"midi-bridge bench witness: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"answers against the clock's 1/16 grid (jack_midi_dump -a), {result['bpm']:g} bpm, "
+              f"{result['generator']}:")
+        print(f"{'period':>7}{'jitter':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'mean ms':>9}{'n':>5}")
+        for r in result["rows"]:
+            print(f"{r['period']:>7}{r['jitter_pct']:>7g}%{_ms(r['p50_ms']):>9}{_ms(r['p99_ms']):>9}"
+                  f"{_ms(r['max_ms']):>9}{_ms(r['mean_ms']):>9}{r['n']:>5}")
+        print(f"target: every answer within {result['target_ms']:g} ms: {'met' if result['met'] else 'MISSED'}")
+    return 0 if result["met"] else 1
 
 
 def options(args: argparse.Namespace) -> Options:

@@ -3,7 +3,6 @@ jackd2's own ``jack_midi_dump -a`` (frame-accurate) as the witness of where outp
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -75,19 +74,17 @@ def test_output_lands_on_the_frame_of_its_due_time(backend):
     _connect(f"{jm.name}:out", f"{dump.name}:input")
     gaps_ms = [3.1, 7.77, 0.4, 12.5, 5.0, 1.3, 9.9, 2.2, 6.6, 4.4]
     t = jm.now_ns() + 60_000_000  # well ahead of the process cycle that plays it
-    dues = []
+    want = []
     for k, gap in enumerate(gaps_ms):
         t += round(gap * 1e6)
-        dues.append(t)
-        assert jm.send(0, (0x90, 60 + k, 100), t)
+        want.append(jm.send(0, (0x90, 60 + k, 100), t))
+    assert None not in want and -1 not in want
     time.sleep(0.06 + sum(gaps_ms) / 1e3 + 0.1)
     got = [(f, m) for f, m in dump.events() if m[0] & 0xF0 == 0x90]
     assert [m[1] for _, m in got] == [60 + k for k in range(len(gaps_ms))]
-    want = [jm.ns_frame(d) for d in dues]
-    # The dump counts frames from its own start: compare the spacing.  One frame (21 us)
-    # of slack: JACK's frame <-> time mapping is smoothed anew every period.
+    # The dump counts frames from its own start: the spacing is the due frames', exactly.
     spacing = [b - a for (a, _), (b, _) in zip(got, got[1:])]
-    assert all(abs(s - (b - a)) <= 1 for s, a, b in zip(spacing, want, want[1:])), (spacing, want)
+    assert spacing == [b - a for a, b in zip(want, want[1:])], (spacing, want)
     assert jm.dropped == 0
 
 
@@ -97,14 +94,14 @@ def test_input_is_stamped_with_its_frame(backend):
     source = backend(inputs=(), outputs=("out",))
     _connect(f"{source.name}:out", f"{sink.name}:other in")
     t = source.now_ns() + 50_000_000
-    dues = [t + k * 3_333_333 for k in range(8)]
-    for k, due in enumerate(dues):
-        source.send(0, (0x90, 40 + k, 90), due)
+    sent = [source.send(0, (0x90, 40 + k, 90), t + k * 3_333_333) for k in range(8)]
     time.sleep(0.05 + 8 * 0.0034 + 0.1)
     assert [(i, d) for _, i, d in got] == [(1, bytes((0x90, 40 + k, 90))) for k in range(8)]
-    # downstream in the same cycle: the stamp is the frame the source wrote it at
+    # Downstream in the same cycle, the sink sees each event at the frame the source wrote
+    # it at; its stamp maps back to that frame within 2 frames (42 us: JACK re-estimates its
+    # frame <-> time mapping every period, more so on a loaded machine).
     stamped = [sink.ns_frame(t) for t, _, _ in got]
-    assert all(abs(a - source.ns_frame(d)) <= 1 for a, d in zip(stamped, dues)), (stamped, dues)
+    assert all(abs(a - b) <= 2 for a, b in zip(stamped, sent)), (stamped, sent)
 
 
 def test_a_message_is_never_written_before_one_sent_earlier(backend):
@@ -127,17 +124,19 @@ def test_a_past_due_message_goes_out_at_once_and_long_ones_are_counted(backend):
     jm = backend()
     dump = Dump(unique_client_name("mb-dump"))
     _connect(f"{jm.name}:out", f"{dump.name}:input")
-    assert jm.send(0, (0x90, 70, 1), jm.now_ns() - 50_000_000)
-    assert not jm.send(0, bytes(8))
+    assert jm.send(0, (0x90, 70, 1), jm.now_ns() - 50_000_000) is not None
+    assert jm.send(0, bytes(8)) is None
     time.sleep(0.1)
     assert [m for _, m in dump.events()] == [bytes((0x90, 70, 1))]
     assert jm.dropped == 1
 
 
-def test_clock_is_jack_time(backend):
+def test_times_are_on_the_engines_clock(backend):
+    """Stamps and due times are perf_counter_ns, whatever clock JACK keeps."""
     jm = backend()
-    a = jm.now_ns()
-    frame = jm.client.frame_time
+    before = time.perf_counter_ns()
+    at = jm.frame_ns(jm.client.frame_time)  # the frame JACK says is now
+    after = time.perf_counter_ns()
     period_ns = jm.period * 1e9 / jm.rate
-    assert abs(jm.frame_ns(frame) - a) < 2 * period_ns + 2e6
-    assert jm.xruns >= 0 and os.environ.get("JACK_NO_START_SERVER") == "1"
+    assert before - 2 * period_ns - 2e6 < at < after + 2 * period_ns + 2e6
+    assert abs(jm.ns_frame(at) - jm.client.frame_time) <= jm.period

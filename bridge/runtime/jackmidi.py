@@ -7,9 +7,12 @@ JACK-Client (CFFI over the system libjack) instead:
 * **one client** (``NAME``) holds the input and output ports (``NAME:in``, ``NAME:out``,
   plus any extras);
 * **input** is stamped with its own frame: ``last_frame_time`` + the event's offset,
-  turned into nanoseconds on JACK's clock (``jack_frames_to_time``; on Linux jackd2's
-  clock is ``CLOCK_MONOTONIC``, the clock of ``time.perf_counter_ns``, so the stamps
-  and the engine's ``now`` share one time line);
+  turned into time by JACK's own frame <-> time mapping (``jack_frames_to_time``, which
+  follows the frames as they really advance, even when the sound card's or the dummy
+  driver's clock drifts from the computer's).  jackd2's clock is ``CLOCK_MONOTONIC_RAW``,
+  not the ``CLOCK_MONOTONIC`` of ``time.perf_counter_ns`` that the engine's ``now`` comes
+  from; every time here is on the engine's clock, through an offset between the two that
+  is measured again at most every half second (the two drift by NTP's slew, ppm);
 * **output** is written at the frame of its due time inside the process callback, from
   one lock-free ring buffer per output port that the engine thread fills ahead of
   time.  A message whose frame has passed goes out at the start of the next period.
@@ -30,6 +33,7 @@ import ctypes
 import ctypes.util
 import struct
 import threading
+import time
 from typing import Callable, Sequence
 
 #: One ring record: due frame (-1: as soon as possible), byte count, up to 7 bytes.
@@ -96,6 +100,8 @@ class JackMidi:
         self._rec = bytearray(_REC.size)
         self._send_lock = threading.Lock()       # the engine thread and the watchdog send
         self._on_input = on_input
+        self._skew = self._synced = 0
+        self.resync(force=True)
         self.xruns = 0
         self.dropped = 0                          # ring full, or a message over 7 bytes
         self.period = self.client.blocksize
@@ -107,14 +113,29 @@ class JackMidi:
     # -- time --------------------------------------------------------------------------------
 
     def frame_ns(self, frame: int) -> int:
-        """JACK's time of ``frame``, in ns."""
-        return self._lib.jack_frames_to_time(self._cptr, frame & 0xFFFFFFFF) * 1000
+        """The time of ``frame`` on the engine's clock (``perf_counter_ns``), in ns."""
+        return self._lib.jack_frames_to_time(self._cptr, frame & 0xFFFFFFFF) * 1000 + self._skew
 
     def ns_frame(self, t_ns: int) -> int:
-        return self._lib.jack_time_to_frames(self._cptr, max(0, t_ns) // 1000)
+        """The frame at ``t_ns`` (engine clock)."""
+        return self._lib.jack_time_to_frames(self._cptr, max(0, t_ns - self._skew) // 1000)
 
     def now_ns(self) -> int:
-        return self._lib.jack_get_time() * 1000
+        return time.perf_counter_ns()
+
+    def resync(self, force: bool = False) -> None:
+        """Measure the offset of JACK's clock from the engine's again (at most every 0.5 s)."""
+        now = time.perf_counter_ns()
+        if not force and now - self._synced < 500_000_000:
+            return
+        best = None
+        for _ in range(3):
+            a = time.perf_counter_ns()
+            j = self._lib.jack_get_time() * 1000
+            b = time.perf_counter_ns()
+            if best is None or b - a < best[0]:
+                best = (b - a, (a + b) // 2 - j)
+        self._skew, self._synced = best[1], now
 
     def latency_frames(self) -> tuple[int, int]:
         """``(capture, playback)``: the graph's worst latency into our inputs and out of
@@ -130,17 +151,19 @@ class JackMidi:
 
     # -- the engine's side -------------------------------------------------------------------
 
-    def send(self, index: int, msg: Sequence[int] | bytes, due_ns: int | None = None) -> bool:
+    def send(self, index: int, msg: Sequence[int] | bytes, due_ns: int | None = None) -> int | None:
         """Queue ``msg`` for output ``index`` at ``due_ns`` (None: the next period's start).
 
-        Never blocks; False (counted in ``dropped``) when the ring is full or the message
-        is over 7 bytes.
+        Never blocks.  Returns the frame it will be written at (-1: the next period's
+        start, or later if an earlier message waits), or None (counted in ``dropped``)
+        when the ring is full or the message is over 7 bytes.
         """
         data = bytes(msg)
         if len(data) > 7:
             self.dropped += 1
-            return False
+            return None
         with self._send_lock:
+            self.resync()
             due = -1 if due_ns is None else self.ns_frame(due_ns)
             if due >= 0:
                 last = self._last_due[index]
@@ -151,10 +174,10 @@ class JackMidi:
             ring = self._rings[index]
             if ring.write_space < _REC.size:
                 self.dropped += 1
-                return False
+                return None
             _REC.pack_into(self._rec, 0, due, len(data), data)
             ring.write(self._rec)
-        return True
+        return due
 
     def close(self) -> None:
         """Deactivate and close the client (what is still in the rings is not sent)."""

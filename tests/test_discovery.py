@@ -12,12 +12,13 @@ import pytest
 
 from midi_bridge.runtime import discovery
 from midi_bridge.runtime.host import GeneratorHost
-from midi_bridge.plugin import ENTRY_POINT_GROUP, Generator, PluginError
+from midi_bridge.plugin import ENTRY_POINT_GROUP, Generator, Note, PluginError
 
 PLUGIN_MODULE = textwrap.dedent('''
     from midi_bridge.plugin import Generator, Note
 
     class Good(Generator):
+        api_version = 1
         modes = frozenset({"continue"})
         default_config = {"depth": 3}
         def continuation(self, context):
@@ -25,6 +26,7 @@ PLUGIN_MODULE = textwrap.dedent('''
 
     class Other(Generator):
         name = "other-display-name"
+        api_version = 1
         modes = frozenset({"accompany"})
         def accompany(self, event, context):
             return []
@@ -43,9 +45,12 @@ PLUGIN_MODULE = textwrap.dedent('''
         return Good()
 
     class Explodes(Generator):
+        api_version = 1
         modes = frozenset({"continue"})
         def __init__(self, config=None):
             raise RuntimeError("checkpoint missing")
+        def continuation(self, context):
+            yield Note(60)
 ''')
 
 
@@ -289,10 +294,14 @@ def _info(name: str, loader) -> discovery.PluginInfo:
 
 
 class _ExitsInInit(Generator):
+    api_version = 1
     modes = frozenset({"continue"})
 
     def __init__(self, config=None):
         raise SystemExit("the model file is missing")  # what sys.exit(...) in a plugin does
+
+    def continuation(self, context):
+        yield Note(60)
 
 
 def _exits_at_import():
@@ -360,6 +369,9 @@ class _FloatMajorApi(Generator):
     api_version = 1.0
     modes = frozenset({"continue"})
 
+    def continuation(self, context):
+        yield Note(60)
+
 
 @pytest.mark.parametrize("cls", [_TupleApi, _MinorApi])
 def test_an_api_version_that_is_not_a_major_is_explained_not_blamed_on_the_versions(cls):
@@ -382,8 +394,12 @@ class _ModesNone(Generator):
 
 
 class _ReadOnlyName(Generator):
+    api_version = 1
     modes = frozenset({"continue"})
     name = property(lambda self: "")  # the bridge cannot set it
+
+    def continuation(self, context):
+        yield Note(60)
 
 
 @pytest.mark.parametrize("cls", [_ModesNone, _ReadOnlyName])
@@ -402,3 +418,4 @@ def test_a_plugin_broken_in_an_unforeseen_way_is_a_reported_failure_live_and_at_
             break
         time.sleep(0.01)
     assert posted and posted[0][:3] == ("swap", "odd", None) and "plugin 'odd'" in posted[0][3]
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import mido
 import pytest
 import yaml
 
+from midi_bridge.plugin import Context, PlayedEvent
 from midiclient import MidiClient, unique_client_name, unmatched_note_ons
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +157,49 @@ def test_the_example_s_own_tests_pass(arpeggiator):
                           cwd=arpeggiator, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert " passed" in done.stdout
+
+
+def _python_blocks(doc: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", doc.read_text(encoding="utf-8"), re.S | re.M)
+
+
+def _looped_phrase() -> tuple[PlayedEvent, ...]:
+    """Eighths at 120 bpm; under MIDI clock the DAW loops from beat 16 back to 0 after the
+    second note, so ``beat`` goes 15.0, 15.5, 0.0, 0.5 while ``seconds`` goes on."""
+    return tuple(PlayedEvent(True, p, 100, 0, beat=b, seconds=10 + i * 0.25)
+                 for i, (p, b) in enumerate(zip([60, 62, 64, 65], [15.0, 15.5, 0.0, 0.5])))
+
+
+def test_the_plugin_guide_s_example_and_its_tests_work(tmp_path):
+    """docs/plugins.md's my_echo.py, with the guide's own unit tests, as a reader copies them."""
+    blocks = _python_blocks(REPO / "docs" / "plugins.md")
+    module = next(b for b in blocks if b.startswith("# my_echo.py"))
+    tests = next(b for b in blocks if "from my_echo import" in b)
+    (tmp_path / "my_echo.py").write_text(module)
+    (tmp_path / "test_my_echo.py").write_text(tests)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_echo.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("where", ["docs/plugins.md", "tests/fixtures/echo_plugin/mb_echo_plugin.py"])
+def test_the_echo_examples_keep_the_rhythm_when_the_daw_loops_mid_phrase(where, tmp_path):
+    """Before: start = ev.beat - phrase[0].beat went negative after the loop; the engine
+    skips such notes (bad_notes), so the answer lost the phrase's end."""
+    path = REPO / where
+    code = (next(b for b in _python_blocks(path) if b.startswith("# my_echo.py")) if path.suffix == ".md"
+            else path.read_text(encoding="utf-8"))
+    namespace: dict = {"__name__": "echo_example"}
+    exec(compile(code, str(path), "exec"), namespace)
+    cls = namespace["EchoGenerator"]
+    notes = list(cls({}).continuation(Context(120.0, 1.0, max_notes=16, max_beats=8,
+                                              phrase=_looped_phrase())))
+    assert [n.pitch for n in notes] == [72, 74, 76, 77]
+    assert [n.start for n in notes] == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    from midi_bridge.runtime.discovery import contract_problem
+    assert contract_problem(cls) == ""                   # and it passes the checks at load
 
 
 @pytest.mark.jack

@@ -1,20 +1,27 @@
 """Plugin discovery through the ``midi_bridge.generators`` entry-point group.
 
 Entry points are listed without importing anything; a plugin's module is imported only
-when it is selected (or when ``midi-bridge plugins`` is asked for its status).  A plugin
-that fails to import, declares an incompatible API version, rejects its configuration or
-fails to construct is reported with its distribution, version and the reason, and the
-other plugins keep working.
+when it is selected (or when ``midi-bridge plugins`` is asked for its status).  Once
+imported, the class is checked against the contract in :mod:`midi_bridge.plugin` (its
+module docstring lists what is refused and what is warned): the written spec is the base
+class :class:`~midi_bridge.plugin.Generator` itself, and an implementation's methods are
+compared with its signatures.  A plugin that fails to import, fails a check, rejects its
+configuration or fails to construct is reported -- one line with its distribution, version,
+entry point, what is wrong and the fix -- and marked ``error`` so that it is never
+selected; the other plugins keep working.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections import abc
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Mapping
 
-from midi_bridge.plugin import API_VERSION, ENTRY_POINT_GROUP, MODES, Generator, PluginError
+from midi_bridge.plugin import (API_VERSION, ENTRY_POINT_GROUP, MODE_METHODS, MODES, Generator,
+                                PluginError)
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +39,13 @@ class PluginInfo:
     version: str
     status: str = "not loaded"      # "not loaded" | "ok" | "error"
     error: str = ""
+    warning: str = ""               # loaded, but something to fix (no api_version)
     modes: tuple[str, ...] = ()
     cls: type | None = field(default=None, repr=False)
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "error": self.error or None,
+                "warning": self.warning or None,
                 "distribution": self.distribution, "version": self.version,
                 "entry_point": self.value, "modes": list(self.modes)}
 
@@ -94,7 +103,9 @@ def _broken(fn):
 
 @_broken
 def load_class(info: PluginInfo) -> type:
-    """Import the plugin's class; on failure record the reason and raise :class:`PluginError`."""
+    """Import the plugin's class and check it against the contract (:func:`contract_problem`;
+    a missing ``api_version`` is warned, once); on failure record the reason in ``info``
+    (status ``error``: never selected) and raise :class:`PluginError`."""
     if info.cls is not None:
         return info.cls
     try:
@@ -103,19 +114,14 @@ def load_class(info: PluginInfo) -> type:
         return _fail(info, f"import failed: {type(e).__name__}: {e}")
     if not (isinstance(cls, type) and issubclass(cls, Generator)):
         return _fail(info, f"{info.value} is not a subclass of midi_bridge.plugin.Generator")
-    declared = getattr(cls, "api_version", None)
-    if isinstance(declared, bool) or not isinstance(declared, (int, float)) or declared % 1:
-        return _fail(info, f"api_version must be the major version as an integer "
-                           f"(api_version = {API_VERSION[0]} for this bridge), not {declared!r}")
-    if declared != API_VERSION[0]:
-        return _fail(info, f"written for plugin API v{declared:g}, "
-                           f"this bridge provides v{API_VERSION[0]} (upgrade the plugin or the bridge)")
-    if isinstance(cls.modes, str):
-        return _fail(info, f"modes must be a set of mode names, e.g. frozenset({{{cls.modes!r}}}), "
-                           f"not the string {cls.modes!r}")
-    bad = set(cls.modes) - set(MODES)
-    if bad:
-        return _fail(info, f"declares unknown modes {sorted(bad)} (allowed: {', '.join(MODES)})")
+    problem = contract_problem(cls)
+    if problem:
+        return _fail(info, problem)
+    if getattr(cls, "api_version", None) is None:
+        info.warning = (f"api_version is not declared: add 'api_version = {API_VERSION[0]}' "
+                        f"to {cls.__name__} (the plugin contract major it was written for; "
+                        f"v{API_VERSION[0]} is assumed until then)")
+        log.warning("%s: %s", info.where(), info.warning)
     info.cls = cls
     info.modes = tuple(m for m in MODES if m in cls.modes)
     info.status = "ok"
@@ -145,3 +151,101 @@ def _fail(info: PluginInfo, reason: str):
     info.status = "error"
     info.error = reason
     raise PluginError(f"{info.where()}: {reason}")
+
+
+# -- the contract's checks -----------------------------------------------------------------
+
+#: The methods the bridge calls, each checked against the base class's signature.
+CONTRACT_METHODS = ("__init__", "reset", "observe", "continuation", "accompany", "close",
+                    "rating_context")
+
+
+def contract_problem(cls: type) -> str:
+    """What in ``cls`` breaks the contract of :mod:`midi_bridge.plugin`, with the fix, as
+    one line; ``""`` when nothing (the first problem found: fix it, then the next shows)."""
+    declared = getattr(cls, "api_version", None)
+    if declared is not None:
+        if isinstance(declared, bool) or not isinstance(declared, (int, float)) or declared % 1:
+            return (f"api_version must be the major version as an integer "
+                    f"(api_version = {API_VERSION[0]} for this bridge), not {declared!r}")
+        if declared != API_VERSION[0]:
+            return (f"written for plugin API v{declared:g}, "
+                    f"this bridge provides v{API_VERSION[0]} (upgrade the plugin or the bridge)")
+    modes = cls.modes
+    if isinstance(modes, str):
+        return (f"modes must be a set of mode names, e.g. frozenset({{{modes!r}}}), "
+                f"not the string {modes!r}")
+    bad = set(modes) - set(MODES)
+    if bad:
+        return f"declares unknown modes {sorted(bad)} (allowed: {', '.join(MODES)})"
+    if not modes:
+        return (f"modes is empty: declare the modes it plays, e.g. "
+                f"modes = frozenset({{{MODES[0]!r}}}) (allowed: {', '.join(MODES)})")
+    for mode in MODES:
+        method = MODE_METHODS[mode]
+        if mode in modes and inspect.getattr_static(cls, method) is vars(Generator)[method]:
+            return (f"declares mode '{mode}' but does not define {method}(): add "
+                    f"'def {method}{_shown(_spec(method))}' to {cls.__name__}, "
+                    f"or take '{mode}' out of modes")
+    for method in CONTRACT_METHODS:
+        problem = _signature_problem(cls, method)
+        if problem:
+            return problem
+    if not isinstance(cls.default_config, abc.Mapping):
+        return (f"default_config must be a dict of setting names to their defaults, "
+                f"not {type(cls.default_config).__name__}")
+    return ""
+
+
+def _spec(method: str) -> inspect.Signature:
+    return inspect.signature(vars(Generator)[method])
+
+
+def _shown(sig: inspect.Signature) -> str:
+    """``(self, event, context)``: the parameters without their annotations."""
+    return str(sig.replace(parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+                           return_annotation=inspect.Signature.empty))
+
+
+def _signature_problem(cls: type, method: str) -> str:
+    """Whether the bridge's call of ``method`` -- the arguments of the base class's
+    signature, positionally -- binds to what ``cls`` defines; ``""`` when it does, or when
+    the definition cannot be inspected (a C function, a property: given the benefit of the
+    doubt)."""
+    raw = inspect.getattr_static(cls, method)
+    if raw is vars(Generator)[method]:
+        return ""
+    n = len(_spec(method).parameters) - 1              # the arguments, without self
+    if isinstance(raw, staticmethod):
+        fn, args = raw.__func__, n
+    elif isinstance(raw, classmethod):
+        fn, args = raw.__func__, n + 1                 # + cls
+    elif inspect.isfunction(raw):
+        fn, args = raw, n + 1                          # + self
+    elif not callable(raw) and not hasattr(type(raw), "__get__"):
+        return (f"{method} must be a method (the bridge calls {method}"
+                f"{_shown(_spec(method))}), not {type(raw).__name__}")
+    elif callable(raw) and not hasattr(type(raw), "__get__"):
+        fn, args = raw, n                              # a callable object: called as is
+    else:
+        return ""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return ""
+    try:
+        sig.bind(*[None] * args)
+    except TypeError:
+        return (f"{method}{_shown(sig)} does not fit the contract's {method}"
+                f"{_shown(_spec(method))}: take the same parameters (any extra one needs a "
+                f"default)")
+    return ""
+
+
+def usable(info: PluginInfo, mode: str) -> bool:
+    """Whether selecting ``info`` for ``mode`` can work, as far as is known without
+    importing it: False once it was refused, or loaded without that mode ("thru" needs no
+    generator: any loaded one is fine)."""
+    if info.status == "error":
+        return False
+    return info.status != "ok" or mode == "thru" or mode in info.modes

@@ -6,7 +6,9 @@
   the triad is minor when the minor third above the root has been played more often than
   the major third.
 * ``continue`` mode: the answer arpeggiates the last ``notes`` distinct pitches of the
-  phrase, in steps of ``step`` beats, up to the answer's length.
+  phrase, in steps of ``step`` beats from the answer's start, up to the answer's length.
+  It never measures time with the played notes' ``beat``: under a DAW's MIDI clock that
+  is the song position, which jumps back when the DAW loops, mid-phrase too.
 
 Live controls (plugin contract 1.1): ``Context.density`` below 0.5 halves the rate (one
 note every two steps); ``Context.temperature`` (or ``temperature`` in the settings when the
@@ -39,7 +41,7 @@ def _order(tones: list[int], pattern: str) -> list[int]:
 
 class ArpeggiatorGenerator(Generator):
     name = "arpeggiator"
-    api_version = 1  # the plugin contract's major this was written for (see docs/plugins.md)
+    api_version = 1  # the plugin contract's major this was written for (midi_bridge.plugin)
     modes = frozenset({"continue", "accompany"})
     default_config: Mapping[str, Any] = {
         "step": 0.25,        # beats per arpeggio note (0.25: sixteenths)

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from midi_bridge.plugin import API_VERSION, Context, Note, PlayedEvent
+from midi_bridge.runtime.discovery import contract_problem
 from midi_bridge_arpeggiator import ArpeggiatorGenerator
 
 BPM = 120.0
@@ -33,6 +34,7 @@ def accompany(gen: ArpeggiatorGenerator, event: PlayedEvent, context: Context | 
 def test_declares_the_contract():
     assert ArpeggiatorGenerator.api_version == API_VERSION[0]
     assert ArpeggiatorGenerator.modes == {"continue", "accompany"}
+    assert contract_problem(ArpeggiatorGenerator) == ""      # what the bridge checks at load
 
 
 def test_accompanies_a_held_note_with_its_triad_an_octave_below():
@@ -76,6 +78,24 @@ def test_continues_a_phrase_by_arpeggiating_its_last_notes():
     assert len(notes) == 16                                              # max_notes
     assert [n.start for n in notes] == [i * 0.25 for i in range(16)]
     assert gen.rating_context()["tones"] == [64, 67, 72]
+
+
+def test_a_phrase_across_a_daw_loop_is_answered_the_same():
+    # under MIDI clock, beat is the song position: the DAW looped from 16 back to 0
+    # between the phrase's notes, so its beats go 15.0, 15.5, 0.0, 0.5
+    looped = [on(p, b) for p, b in zip([60, 64, 67, 64], [15.0, 15.5, 0.0, 0.5])]
+    steady = [on(p, 15.0 + i * 0.5) for i, p in enumerate([60, 64, 67, 64])]
+    answers = []
+    for phrase, now in ((looped, 1.0), (steady, 17.0)):
+        gen = ArpeggiatorGenerator()
+        for ev in phrase:
+            gen.observe(ev)
+        answers.append(list(gen.continuation(ctx(now, phrase))))
+    assert answers[0] == answers[1] and len(answers[0]) == 16
+    assert all(n.start >= 0 for n in answers[0])
+    # accompaniment just after the loop: the steps are on the song's grid from beat 0
+    notes = accompany(ArpeggiatorGenerator(), on(60, beat=0.1))
+    assert [n.start for n in notes[:3]] == pytest.approx([0.0, 0.15, 0.4])      # beats 0.25, 0.5
 
 
 def test_continuation_is_lazy_and_bounded_by_max_beats():

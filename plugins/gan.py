@@ -7,7 +7,7 @@ conditioned on the answer bar before it and the profile of the last 4 bars.  A b
 only when the engine pulls past the previous one, so an interrupted answer costs nothing
 more.  A note held over a bar line is yielded when the next bar shows where it ends.  A
 checkpoint calibrated by ``train-gan --calibrate`` (the shipped ``gan.pt`` is) carries a pitch-class logit bias, used here
-as in :func:`midi_bridge.model.gan.generate_melodies`.
+as in :func:`midi_bridge.model.gan.sample_bars`.
 
 Config: ``checkpoint`` (relative paths are looked up in the current folder, then in the
 project's ``models/``), ``style`` (a label the checkpoint knows; default ``folk`` if it
@@ -22,15 +22,16 @@ import math
 from collections import deque
 from typing import Iterator
 
+from midi_bridge.model.paths import resolve_model_path
 from midi_bridge.plugin import Context, Generator, Note, PlayedEvent, PluginError
 from midi_bridge.generators import checked_number
-from .rnn import resolve_model_path
 
 MAX_TRACKED = 64  # note-offs remembered for the durations of the phrase's notes
 
 
 class GANGenerator(Generator):
     name = "gan"
+    api_version = 1
     modes = frozenset({"continue"})
     default_config = {
         "checkpoint": "gan.pt",
@@ -44,18 +45,15 @@ class GANGenerator(Generator):
         super().__init__(config)
         import torch
 
-        from midi_bridge.model import checkpoint, gan
+        from midi_bridge.model import checkpoint, gan, gan_bars
 
-        self.gan = gan
+        self.gan, self.gan_bars = gan, gan_bars
         cfg = self.config
         # Checked here, not at the first answer: a bad value is refused when selected.
         checked_number("gan", cfg, "temperature", low=0)
         checked_number("gan", cfg, "bars", low=1, integer=True)
         checked_number("gan", cfg, "seed", integer=True, optional=True)
-        try:
-            path = resolve_model_path(str(cfg["checkpoint"]))
-        except PluginError as exc:
-            raise PluginError(str(exc).replace("rnn:", "gan:", 1)) from None
+        path = resolve_model_path(str(cfg["checkpoint"]), "gan")
         try:
             self.model = gan.load(path)
         except checkpoint.CheckpointError as exc:
@@ -102,15 +100,15 @@ class GANGenerator(Generator):
         if context.max_beats and context.max_beats > 0:
             limit = float(context.max_beats)
         else:
-            limit = float(self.config["bars"]) * self.gan.BAR_BEATS
+            limit = float(self.config["bars"]) * self.gan_bars.BAR_BEATS
         return self._answer(history, max(0.0, float(temp)), limit, vel)
 
     def _answer(self, history, temperature: float, limit: float, vel: int) -> Iterator[Note]:
-        gan = self.gan
-        n_bars = max(1, math.ceil(limit / gan.BAR_BEATS - 1e-9))
+        gan, fmt = self.gan, self.gan_bars  # fmt: the bar format
+        n_bars = max(1, math.ceil(limit / fmt.BAR_BEATS - 1e-9))
         bars = gan.continue_bars(self.model.gen, history, self.style, temperature, self.rng,
                                  pc_bias=self.model.pc_bias, bias_frame=self.model.bias_frame)
-        step = gan.STEP_BEATS
+        step = fmt.STEP_BEATS
         cur = None  # [pitch, start step] of the note sounding at the end of what was decoded
 
         def note(pitch: int, a: int, b: int) -> Note | None:
@@ -123,15 +121,15 @@ class GANGenerator(Generator):
             toks = next(bars)
             self.bars_sampled += 1
             for i, t in enumerate(toks.tolist()):
-                s = b * gan.STEPS + i
-                if t < gan.N_PITCH or t == gan.REST:
+                s = b * fmt.STEPS + i
+                if t < fmt.N_PITCH or t == fmt.REST:
                     if cur is not None:
                         n = note(cur[0], cur[1], s)
                         if n is not None:
                             yield n
-                    cur = [t + gan.LOW, s] if t < gan.N_PITCH else None
+                    cur = [t + fmt.LOW, s] if t < fmt.N_PITCH else None
         if cur is not None:
-            n = note(cur[0], cur[1], n_bars * gan.STEPS)
+            n = note(cur[0], cur[1], n_bars * fmt.STEPS)
             if n is not None:
                 yield n
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from midi_bridge.model.keys import MAJOR, MINOR, parse_key
 from midi_bridge.plugin import Context, Generator, Note, PlayedEvent
 from midi_bridge.generators import checked_number
 
@@ -20,9 +21,7 @@ MAJOR_PROFILE = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.2
 MINOR_PROFILE = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
 
 NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 
-MAJOR, MINOR = "major", "minor"
 MAJ, MIN, DIM = (0, 4, 7), (0, 3, 7), (0, 3, 6)
 #: Diatonic triads (root offset from the tonic, intervals), in order of preference:
 #: tonic, subdominant, dominant, then the others.  Minor uses the harmonic-minor V.
@@ -53,23 +52,6 @@ _KEY_WEIGHTS = tuple(
     tuple(_MAJ_C[(pc - t) % 12] for t in range(12)) + tuple(_MIN_C[(pc - t) % 12] for t in range(12))
     for pc in range(12)
 )
-
-
-def parse_key(text: str) -> tuple[int, str]:
-    """``"D minor"``, ``"Dm"``, ``"F# major"``, ``"Bb"`` -> ``(tonic pitch class, mode)``."""
-    s = text.strip()
-    if not s or s[0].upper() not in _PC:
-        raise ValueError(f"not a key: {text!r}")
-    pc, rest = _PC[s[0].upper()], s[1:].strip()
-    while rest[:1] in ("#", "b", "♯", "♭"):
-        pc += 1 if rest[0] in "#♯" else -1
-        rest = rest[1:].strip()
-    mode = "major" if rest == "M" else rest.lower()
-    if mode in ("", "maj", "major"):
-        return pc % 12, MAJOR
-    if mode in ("m", "min", "minor"):
-        return pc % 12, MINOR
-    raise ValueError(f"not a key: {text!r}")
 
 
 def key_name(key: tuple[int, str]) -> str:
@@ -123,6 +105,7 @@ class HarmonyGenerator(Generator):
     """
 
     name = "harmony"
+    api_version = 1
     modes = frozenset({"accompany"})
     default_config = {"voices": 3, "spread": 0, "velocity_scale": 0.7, "low": 28, "key": None, "decay": 0.95}
 

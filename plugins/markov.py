@@ -1,201 +1,23 @@
-"""Variable-order Markov models: a PPM predictor and a Continuator-style generator.
+"""The Continuator-style Markov generator (``markov``, ``continue`` mode).
 
-Two independent pieces live here:
-
-* :class:`PPM` - Prediction by Partial Matching over arbitrary hashable tokens, with
-  escape method C and exclusion (Cleary & Witten 1984; method C: Moffat 1990,
-  "Implementing the PPM data compression scheme").  It gives properly normalised
-  probabilities, so an offline evaluator can report bits per token with it.
-* :class:`MarkovGenerator` - the ``continue``-mode plugin.  It follows Pachet's
-  Continuator (F. Pachet, "The Continuator: Musical Interaction with Style", ICMC 2002 /
-  JNMR 2003): a variable-order Markov model learned live from what the player plays,
-  queried with the longest matching context first and backing off to shorter ones, whose
-  continuations replay the player's own events (timing, duration, dynamics).
+:class:`MarkovGenerator` follows Pachet's Continuator (F. Pachet, "The Continuator:
+Musical Interaction with Style", ICMC 2002 / JNMR 2003): a variable-order Markov model
+learned live from what the player plays, queried with the longest matching context first
+and backing off to shorter ones, whose continuations replay the player's own events
+(timing, duration, dynamics).  Its tokens are drawn with :func:`midi_bridge.model.ppm.choose`;
+the normalised PPM predictor the offline evaluation uses is :class:`midi_bridge.model.ppm.PPM`.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections import deque
-from typing import Any, Hashable, Iterator
+from typing import Iterator
 
+from midi_bridge.model.ppm import choose
 from midi_bridge.plugin import Context, Generator, Note, PlayedEvent
 from midi_bridge.generators import checked_number
 
-
-class _Node:
-    """A context of the PPM suffix trie: counts of the tokens that followed it."""
-
-    __slots__ = ("counts", "children")
-
-    def __init__(self) -> None:
-        self.counts: dict[Hashable, int] = {}
-        self.children: dict[Hashable, _Node] = {}
-
-
-class PPM:
-    """Variable-order PPM model (escape method C, with exclusion) over hashable tokens.
-
-    The model reads one running sequence: :meth:`update` learns that ``token`` followed the
-    current context and then appends it to the context; :meth:`reset_context` starts a new
-    sequence (a new piece) without forgetting any counts.
-
-    **Prediction.**  Contexts of order ``k`` (the last ``k`` tokens, ``k = max_order .. 0``)
-    are visited longest first.  In a context with (non-excluded) counts ``c(s)``, total
-    ``n`` and ``q`` distinct tokens, method C gives ``P(s) = c(s) / (n + q)`` and escapes
-    to order ``k - 1`` with ``q / (n + q)``.  Exclusion: tokens already given a probability
-    by a longer context are left out of the shorter ones (their counts are not in ``n``
-    or ``q``); a context left with no tokens passes all its mass down.
-
-    **Unseen tokens.**  Below order 0 sits an order -1 model that is uniform over an
-    alphabet of ``alphabet_size`` tokens: each token never seen gets
-    ``escape / (alphabet_size - seen)``, where ``escape`` is the mass that reached order -1
-    and ``seen`` the number of distinct tokens learned so far.  ``alphabet_size`` must
-    therefore be the size of the token vocabulary (e.g. 128 for MIDI pitches).  If every
-    token of the alphabet has been seen, the escape mass is renormalised over them.
-
-    **In-piece table.**  With ``piece_weight = w > 0`` a second count table holds only the
-    current piece (it is cleared by :meth:`reset_context`); prediction uses the blended
-    counts ``c_global(s) + w * c_piece(s)`` in every context (``q`` is the number of
-    distinct tokens in the blend), so the model "learns from the piece as it goes" and
-    recent material weighs more.  Still plain PPM-C on (weighted) counts: it normalises.
-    ``update(token, train=False)`` advances the context and the in-piece table but leaves
-    the global counts alone - what an evaluator wants while scoring held-out pieces.
-
-    Counts are updated at every order (no update exclusion).  :meth:`update` touches
-    ``max_order + 1`` trie nodes per table whatever the length of the history
-    (``ops`` counts them); :meth:`distribution` costs the sizes of the contexts visited.
-    """
-
-    def __init__(self, max_order: int = 8, alphabet_size: int = 128, piece_weight: float = 0.0) -> None:
-        if not 0 <= max_order <= 32:
-            raise ValueError("max_order must be in 0..32")
-        if alphabet_size < 1:
-            raise ValueError("alphabet_size must be >= 1")
-        if piece_weight < 0:
-            raise ValueError("piece_weight must be >= 0")
-        self.max_order = max_order
-        self.alphabet_size = alphabet_size
-        self.piece_weight = float(piece_weight)
-        self.ops = 0  # trie nodes touched by update(): instrumentation for tests
-        self._root = _Node()
-        self._piece = _Node()
-        self._context: deque[Hashable] = deque(maxlen=max_order)
-
-    # -- learning ---------------------------------------------------------------------
-    def update(self, token: Hashable, train: bool = True) -> None:
-        """Learn that ``token`` follows the current context, then append it to the context."""
-        if train:
-            self._learn(self._root, token)
-        if self.piece_weight > 0:
-            self._learn(self._piece, token)
-        self._context.append(token)
-
-    def _learn(self, node: _Node, token: Hashable) -> None:
-        node.counts[token] = node.counts.get(token, 0) + 1
-        self.ops += 1
-        for prev in reversed(self._context):
-            child = node.children.get(prev)
-            if child is None:
-                child = node.children[prev] = _Node()
-            node = child
-            node.counts[token] = node.counts.get(token, 0) + 1
-            self.ops += 1
-
-    def reset_context(self) -> None:
-        """Start a new sequence: empty context and in-piece table; global counts are kept."""
-        self._context.clear()
-        self._piece = _Node()
-
-    # -- prediction -------------------------------------------------------------------
-    def _path(self, root: _Node) -> list[_Node]:
-        """Nodes of the current context in ``root``'s trie, order 0 first."""
-        path = [root]
-        node = root
-        for prev in reversed(self._context):
-            node = node.children.get(prev)  # type: ignore[assignment]
-            if node is None:
-                break
-            path.append(node)
-        return path
-
-    def distribution(self) -> tuple[dict[Hashable, float], float]:
-        """Predict the next token: ``(probs, escape)``.
-
-        ``probs`` maps every token seen so far to its probability; ``escape`` is the total
-        probability left for the ``alphabet_size - len(probs)`` unseen tokens (shared
-        equally among them).  ``sum(probs.values()) + escape == 1``.
-        """
-        gpath = self._path(self._root)
-        ppath = self._path(self._piece) if self.piece_weight > 0 else []
-        w = self.piece_weight
-        probs: dict[Hashable, float] = {}
-        remaining = 1.0
-        for k in range(max(len(gpath), len(ppath)) - 1, -1, -1):
-            counts: dict[Hashable, float] = {}
-            if k < len(gpath):
-                for t, c in gpath[k].counts.items():
-                    if t not in probs:
-                        counts[t] = float(c)
-            if k < len(ppath):
-                for t, c in ppath[k].counts.items():
-                    if t not in probs:
-                        counts[t] = counts.get(t, 0.0) + w * c
-            q = len(counts)
-            if q == 0:
-                continue  # nothing left here: all the mass escapes
-            denom = sum(counts.values()) + q
-            for t, c in counts.items():
-                probs[t] = remaining * c / denom
-            remaining *= q / denom
-        if self.alphabet_size - len(probs) > 0:
-            return probs, remaining
-        total = 1.0 - remaining  # alphabet exhausted: nothing to escape to
-        return {t: p / total for t, p in probs.items()}, 0.0
-
-    def prob(self, token: Hashable) -> float:
-        """Probability of ``token`` next (0 only if the alphabet is exhausted without it)."""
-        probs, escape = self.distribution()
-        if token in probs:
-            return probs[token]
-        unseen = self.alphabet_size - len(probs)
-        return escape / unseen if unseen > 0 else 0.0
-
-    def log2prob(self, token: Hashable) -> float:
-        """``log2(prob(token))`` (``-inf`` for probability 0)."""
-        p = self.prob(token)
-        return math.log2(p) if p > 0 else -math.inf
-
-    def sample(self, rng: random.Random, temperature: float = 1.0) -> Hashable | None:
-        """Draw a seen token (the escape mass is dropped and the rest renormalised).
-
-        Probabilities are raised to ``1 / temperature``; ``temperature <= 0`` takes the
-        most probable token.  Returns ``None`` before anything has been learned.
-        """
-        probs, _ = self.distribution()
-        if not probs:
-            return None
-        return _choose(rng, list(probs.items()), temperature)
-
-
-def _choose(rng: random.Random, weighted: list[tuple[Any, float]], temperature: float) -> Any:
-    """Pick an item from ``(item, weight)`` pairs, weights sharpened by ``temperature``."""
-    if temperature <= 0:
-        return max(weighted, key=lambda iw: iw[1])[0]
-    top = max(w for _, w in weighted)
-    scaled = [(item, (w / top) ** (1.0 / temperature)) for item, w in weighted]
-    r = rng.random() * sum(w for _, w in scaled)
-    for item, w in scaled:
-        r -= w
-        if r < 0:
-            return item
-    return scaled[-1][0]
-
-
-# ----------------------------------------------------------------------------------------
-# The Continuator
-# ----------------------------------------------------------------------------------------
 GRID = 12  # inter-onset intervals are quantised to 1/12 beat (16ths and triplets)
 MAX_IOI_BEATS = 4.0  # longer gaps are treated as this long
 START = (0, -1)  # token of the first note after reset() (no previous note to relate to)
@@ -248,6 +70,7 @@ class MarkovGenerator(Generator):
     """
 
     name = "markov"
+    api_version = 1
     modes = frozenset({"continue"})
     default_config = {"order": 4, "temperature": 1.0, "max_history": 2000, "low": 24, "high": 108, "seed": None}
 
@@ -334,7 +157,7 @@ class MarkovGenerator(Generator):
         for k in range(len(ctx), -1, -1):
             by_token = self._index.get(ctx[len(ctx) - k:] if k else ())
             if by_token:
-                token = _choose(self.rng, [(t, len(evs)) for t, evs in by_token.items()], temperature)
+                token = choose(self.rng, [(t, len(evs)) for t, evs in by_token.items()], temperature)
                 events = by_token[token]
                 return events[self.rng.randrange(len(events))]
         raise LookupError("empty model")  # unreachable while the history is non-empty

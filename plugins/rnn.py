@@ -32,26 +32,16 @@ from collections import deque
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from midi_bridge.model.keys import parse_key
+from midi_bridge.model.paths import resolve_model_path
 from midi_bridge.plugin import Context, Generator, Note, PlayedEvent, PluginError
 from midi_bridge.generators import checked_number
 
 log = logging.getLogger("midi_bridge.plugins.rnn")
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 MAX_GAP_WAITS = 2  # a silence longer than 3 x 8 beats is folded as 24 beats; an answer
                    # that would wait longer than that (the model has nothing to say in the
                    # allowed range) ends, so one pull costs at most MAX_GAP_WAITS + 1 steps
-
-
-def resolve_model_path(name: str) -> Path:
-    import sys
-
-    p = Path(name).expanduser()
-    shared = Path(sys.prefix) / "share" / "midi-bridge" / "models"  # a non-editable install
-    for cand in (p, MODELS_DIR / p, MODELS_DIR / p.name, shared / p.name):
-        if cand.is_file():
-            return cand
-    raise PluginError(f"rnn: checkpoint {name!r} not found (looked in the current folder and {MODELS_DIR})")
 
 
 def load_stepper(path: str, device: str = "auto", int8: bool = False, seed=None):
@@ -63,7 +53,7 @@ def load_stepper(path: str, device: str = "auto", int8: bool = False, seed=None)
     from midi_bridge.model.step import Stepper
 
     try:
-        model, meta, _ = checkpoint.load(resolve_model_path(path))
+        model, meta, _ = checkpoint.load(resolve_model_path(path, "rnn"))
     except checkpoint.CheckpointError as exc:
         raise PluginError(f"rnn: {exc}") from None
     dev, why = resolve_device(device)
@@ -90,8 +80,6 @@ def _pitch_mask(sampling, cfg):
                          f"({cfg['high']}): no pitch to play (low <= high, MIDI pitches 0-127)")
     mask = sampling.pitch_range_mask(low, high)
     if cfg["key"]:
-        from .harmony import parse_key
-
         try:
             tonic, mode = parse_key(str(cfg["key"]))
         except ValueError as exc:
@@ -106,6 +94,7 @@ def _pitch_mask(sampling, cfg):
 
 class RNNGenerator(Generator):
     name = "rnn"
+    api_version = 1
     modes = frozenset({"continue", "accompany"})
     default_config = {
         "checkpoint": "melody.pt",

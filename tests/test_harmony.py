@@ -8,16 +8,8 @@ import random
 import pytest
 
 from midi_bridge.plugin import Context, Generator, PlayedEvent
-from midi_bridge.generators.harmony import (
-    MAJOR,
-    MAJOR_PROFILE,
-    MINOR,
-    MINOR_PROFILE,
-    SCALES,
-    HarmonyGenerator,
-    choose_triad,
-    parse_key,
-)
+from midi_bridge.generators.harmony import MAJOR_PROFILE, MINOR_PROFILE, SCALES, HarmonyGenerator, choose_triad
+from midi_bridge.model.keys import MAJOR, MINOR, parse_key
 
 CTX = Context(tempo_bpm=120.0, beat=0.0)
 C_MAJOR_SCALE = [60, 62, 64, 65, 67, 69, 71, 72, 71, 69, 67, 65, 64, 62, 60]

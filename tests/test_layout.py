@@ -86,6 +86,17 @@ def test_every_room_imports_only_what_its_init_allows():
     assert not bad, "imports that point up or sideways:\n" + "\n".join(sorted(bad))
 
 
+def test_nothing_imports_the_old_top_level_names():
+    """``bridge`` and ``plugins`` are folders of the repository, not import names."""
+    bad = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad += [f"{module}: {n}" for n in names if n and n.split(".")[0] in ("bridge", "plugins")]
+    assert not bad, "\n".join(bad)
+
+
 def test_no_generator_imports_another_generator():
     gens = {m: p for m, p in modules().items() if m.startswith("midi_bridge.generators.")}
     bad = [f"{m} imports {t}" for m, p in gens.items() for t in imports(m, p) if t in gens]

@@ -1,4 +1,5 @@
-"""Tests of the PPM model and the Continuator-style MarkovGenerator (plugins/markov.py)."""
+"""Tests of the PPM model (bridge/model/ppm.py) and the Continuator-style MarkovGenerator
+(plugins/markov.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import random
 import pytest
 
 from midi_bridge.plugin import Context, Generator, Note, PlayedEvent
-from midi_bridge.generators.markov import PPM, MarkovGenerator
+from midi_bridge.generators.markov import MarkovGenerator
+from midi_bridge.model.ppm import PPM
 
 # --------------------------------------------------------------------------------------
 # PPM
@@ -300,8 +302,8 @@ def test_the_performers_live_temperature_overrides_the_configured_one(monkeypatc
 
     gen, _ = trained(temperature=1.0)
     seen = []
-    real = markov._choose
-    monkeypatch.setattr(markov, "_choose", lambda rng, w, t: seen.append(t) or real(rng, w, t))
+    real = markov.choose
+    monkeypatch.setattr(markov, "choose", lambda rng, w, t: seen.append(t) or real(rng, w, t))
     list(gen.continuation(ctx(max_notes=4, temperature=0.3)))
     assert seen and set(seen) == {0.3}
     seen.clear()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from midi_bridge.runtime import discovery
-from midi_bridge.model import gan
+from midi_bridge.model import gan, gan_bars
+from midi_bridge.training import gan_eval
 from midi_bridge.model.checkpoint import CheckpointError
 from midi_bridge.training.dataset import pack
 from midi_bridge.model.encoding import ENCODING_VERSION, NOTE_SPEC, STEPS_PER_BEAT, GridNote, encode_notes
@@ -21,13 +22,13 @@ TINY = {"z": 8, "ch": 16, "cond": 8, "n_styles": 2}
 
 def random_melody(rng: np.random.Generator, n_bars: int) -> list[tuple[int, float, float]]:
     """Monophonic notes on the sixteenth grid inside the GAN's range, some tied over bar lines."""
-    out, step, total = [], 0, n_bars * gan.STEPS
+    out, step, total = [], 0, n_bars * gan_bars.STEPS
     while step < total:
         if rng.random() < 0.2:
             step += int(rng.integers(1, 4))  # a rest
             continue
         dur = min(int(rng.integers(1, 9)), total - step)
-        out.append((int(rng.integers(gan.LOW, gan.LOW + gan.N_PITCH)), step * 0.25, dur * 0.25))
+        out.append((int(rng.integers(gan_bars.LOW, gan_bars.LOW + gan_bars.N_PITCH)), step * 0.25, dur * 0.25))
         step += dur
     return out
 
@@ -36,22 +37,22 @@ def test_bar_encoding_round_trip():
     rng = np.random.default_rng(0)
     for _ in range(20):
         mel = random_melody(rng, 3)
-        bars = gan.melody_to_bars(mel, 3)
-        assert bars.shape == (3, gan.STEPS)
-        assert gan.bars_to_melody(bars) == mel
+        bars = gan_bars.melody_to_bars(mel, 3)
+        assert bars.shape == (3, gan_bars.STEPS)
+        assert gan_bars.bars_to_melody(bars) == mel
 
 
 def test_bar_encoding_ties_folds_and_rounds():
     # a note over the bar line is a HOLD at step 0 of the next bar
-    bars = gan.melody_to_bars([(60, 3.0, 2.0), (62, 5.0, 1.0)], 2)
-    assert bars[0, 12] == 60 - gan.LOW and list(bars[0, 13:]) == [gan.HOLD] * 3
-    assert list(bars[1, :4]) == [gan.HOLD] * 4 and bars[1, 4] == 62 - gan.LOW
-    assert list(bars[1, 8:]) == [gan.REST] * 8
+    bars = gan_bars.melody_to_bars([(60, 3.0, 2.0), (62, 5.0, 1.0)], 2)
+    assert bars[0, 12] == 60 - gan_bars.LOW and list(bars[0, 13:]) == [gan_bars.HOLD] * 3
+    assert list(bars[1, :4]) == [gan_bars.HOLD] * 4 and bars[1, 4] == 62 - gan_bars.LOW
+    assert list(bars[1, 8:]) == [gan_bars.REST] * 8
     # out-of-range pitches move by octaves; a triplet onset is rounded to the sixteenth
-    bars = gan.melody_to_bars([(30, 0.0, 1.0), (110, 1.34, 0.5)], 1)
-    assert bars[0, 0] + gan.LOW == 54 and bars[0, 5] + gan.LOW == 98 - 12
+    bars = gan_bars.melody_to_bars([(30, 0.0, 1.0), (110, 1.34, 0.5)], 1)
+    assert bars[0, 0] + gan_bars.LOW == 54 and bars[0, 5] + gan_bars.LOW == 98 - 12
     # a HOLD after a rest is a rest; a HOLD at the very start starts nothing
-    assert gan.bars_to_melody([[gan.HOLD, gan.REST, gan.HOLD, 0] + [gan.HOLD] * 12]) == [(gan.LOW, 0.75, 3.25)]
+    assert gan_bars.bars_to_melody([[gan_bars.HOLD, gan_bars.REST, gan_bars.HOLD, 0] + [gan_bars.HOLD] * 12]) == [(gan_bars.LOW, 0.75, 3.25)]
 
 
 def test_generator_and_discriminator_shapes_and_conditioning():
@@ -59,47 +60,47 @@ def test_generator_and_discriminator_shapes_and_conditioning():
     cfg = gan.GanConfig(**TINY)
     g, d = gan.BarGenerator(cfg), gan.BarDiscriminator(cfg)
     z = torch.randn(3, cfg.z)
-    prev_a = gan.one_hot(torch.full((3, gan.STEPS), gan.REST))
-    prev_b = gan.one_hot(torch.randint(0, gan.N_PITCH, (3, gan.STEPS)))
+    prev_a = gan.one_hot(torch.full((3, gan_bars.STEPS), gan_bars.REST))
+    prev_b = gan.one_hot(torch.randint(0, gan_bars.N_PITCH, (3, gan_bars.STEPS)))
     style0, style1 = torch.zeros(3, dtype=torch.long), torch.ones(3, dtype=torch.long)
     ctx_a, ctx_b = torch.zeros(3, 12), torch.eye(12)[[0, 4, 7]]
     out = g(z, style0, prev_a, ctx_a)
-    assert out.shape == (3, gan.N_CLASSES, gan.STEPS)
+    assert out.shape == (3, gan_bars.N_CLASSES, gan_bars.STEPS)
     assert not torch.allclose(out, g(z, style0, prev_b, ctx_a))  # the previous bar matters
     assert not torch.allclose(out, g(z, style1, prev_a, ctx_a))  # the style matters
     assert not torch.allclose(out, g(z, style0, prev_a, ctx_b))  # the tonal context matters
-    bar = gan.one_hot(torch.randint(0, gan.N_CLASSES, (3, gan.STEPS)))
+    bar = gan.one_hot(torch.randint(0, gan_bars.N_CLASSES, (3, gan_bars.STEPS)))
     score, feat = d(bar, prev_a, style0, ctx_a)
     assert score.shape == (3,) and feat.shape == (3, cfg.ch)
     assert not torch.allclose(score, d(bar, prev_b, style0, ctx_a)[0])
     assert not torch.allclose(score, d(bar, prev_a, style1, ctx_a)[0])
-    bars = gan.sample_bars(g, np.full((5, gan.STEPS), gan.REST), 1, 1.0, torch.Generator().manual_seed(1))
-    assert bars.shape == (5, gan.STEPS) and bars.min() >= 0 and bars.max() < gan.N_CLASSES
+    bars = gan.sample_bars(g, np.full((5, gan_bars.STEPS), gan_bars.REST), 1, 1.0, torch.Generator().manual_seed(1))
+    assert bars.shape == (5, gan_bars.STEPS) and bars.min() >= 0 and bars.max() < gan_bars.N_CLASSES
 
 
 def test_pitch_class_profile():
-    bars = gan.melody_to_bars([(60, 0.0, 1.0), (72, 1.0, 1.0), (67, 4.0, 3.0)], 2)
-    prof = gan.pc_profile(bars)
+    bars = gan_bars.melody_to_bars([(60, 0.0, 1.0), (72, 1.0, 1.0), (67, 4.0, 3.0)], 2)
+    prof = gan_bars.pc_profile(bars)
     assert prof.shape == (12,) and prof[0] == pytest.approx(2 / 3) and prof[7] == pytest.approx(1 / 3)
-    assert gan.pc_profile(bars[None, 1:])[0, 7] == 1.0  # batched: one profile per passage
-    assert not gan.pc_profile(np.full((1, gan.STEPS), gan.REST)).any()
+    assert gan_bars.pc_profile(bars[None, 1:])[0, 7] == 1.0  # batched: one profile per passage
+    assert not gan_bars.pc_profile(np.full((1, gan_bars.STEPS), gan_bars.REST)).any()
 
 
 def test_phrase_to_bar():
     # the bar is the 4 beats ending on the beat after the last onset: here beats 2..6
     notes = [(60, 0.0, None), (64, 2.0, None), (67, 2.5, 0.25), (72, 5.0, None), (69, 5.0, None)]
     bar = gan.phrase_to_bar(notes)
-    assert gan.bars_to_melody(bar, origin=2.0) == [(64, 2.0, 0.5), (67, 2.5, 0.25), (72, 5.0, 1.0)]
-    assert list(gan.phrase_to_bar([])) == [gan.REST] * gan.STEPS
+    assert gan_bars.bars_to_melody(bar, origin=2.0) == [(64, 2.0, 0.5), (67, 2.5, 0.25), (72, 5.0, 1.0)]
+    assert list(gan.phrase_to_bar([])) == [gan_bars.REST] * gan_bars.STEPS
     bars = gan.phrase_to_bars(notes, 2)  # beats -2..6: the first note lies in the first bar
-    assert bars.shape == (2, gan.STEPS) and bars[0, 8] == 60 - gan.LOW and (bars[1] == bar).all()
+    assert bars.shape == (2, gan_bars.STEPS) and bars[0, 8] == 60 - gan_bars.LOW and (bars[1] == bar).all()
 
 
 def tiny_checkpoint(path, styles=("chorale", "folk")):
     torch.manual_seed(0)
     g = gan.BarGenerator(gan.GanConfig(**TINY))
     rng = np.random.default_rng(0)
-    primers = np.stack([gan.melody_to_bars(random_melody(rng, gan.CTX_BARS), gan.CTX_BARS) for _ in range(6)])
+    primers = np.stack([gan_bars.melody_to_bars(random_melody(rng, gan_bars.CTX_BARS), gan_bars.CTX_BARS) for _ in range(6)])
     gan.save(path, g, {"styles": list(styles)}, primers, np.array([0, 1, 0, 1, 0, 1]), half=True)
     return path
 
@@ -113,14 +114,14 @@ def check_melody(mel, bars):
 
 def test_generate_melodies_api(tmp_path):
     path = tiny_checkpoint(tmp_path / "g.pt")
-    mels = gan.generate_melodies(str(path), 5, bars=3, seed=2)
+    mels = gan_eval.generate_melodies(str(path), 5, bars=3, seed=2)
     assert len(mels) == 5
     for mel in mels:
         check_melody(mel, 3)
-    assert mels == gan.generate_melodies(path, 5, bars=3, seed=2)
-    assert len(gan.generate_melodies(path, 2, bars=1, style="chorale")) == 2
+    assert mels == gan_eval.generate_melodies(path, 5, bars=3, seed=2)
+    assert len(gan_eval.generate_melodies(path, 2, bars=1, style="chorale")) == 2
     with pytest.raises(ValueError):
-        gan.generate_melodies(path, 1, style="jazz")
+        gan_eval.generate_melodies(path, 1, style="jazz")
 
 
 def test_pickled_code_is_refused(tmp_path):
@@ -187,7 +188,7 @@ def test_train_gan_checkpoints_reload_and_resume(tmp_path, capsys):
     assert all(v.dtype == torch.float16 for v in small["generator"].values() if v.is_floating_point())
     res = json.loads(captured.out)  # the final JS divergences against the test split
     assert set(res["gan"]) == set(res["unigram"]) == {"pitch_class", "interval"}
-    check_melody(gan.generate_melodies(export, 2, bars=2)[0], 2)
+    check_melody(gan_eval.generate_melodies(export, 2, bars=2)[0], 2)
     # feature matching runs too, and --evaluate prints the divergences of a checkpoint
     assert main(common[:4] + [str(tmp_path / "fm")] + common[5:] + ["--epochs", "1"]) == 0
     capsys.readouterr()
@@ -266,7 +267,7 @@ def test_plugin_same_seed_same_answer_and_conditioning(tmp_path):
     assert a == b
     with pytest.raises(PluginError, match="style"):
         GANGenerator({"checkpoint": str(path), "style": "jazz"})
-    with pytest.raises(PluginError, match="not found"):
+    with pytest.raises(PluginError, match="^gan: checkpoint .* not found"):
         GANGenerator({"checkpoint": str(tmp_path / "nope.pt")})
 
 
@@ -282,7 +283,7 @@ def test_plugin_via_discovery(tmp_path):
 
 
 def test_shipped_checkpoint_is_small_and_loads():
-    from midi_bridge.generators.rnn import MODELS_DIR
+    from midi_bridge.model.paths import MODELS_DIR
 
     path = MODELS_DIR / "gan.pt"
     if not path.exists():
@@ -305,7 +306,7 @@ def test_calibration_moves_pitch_classes_towards_target(tmp_path):
     targets = np.stack([target, target])
 
     def js_of(model, bias, frame="absolute"):
-        toks, _, ctxs = gan.generate_bars(model, 300, 2, "folk", seed=7, contexts=True, pc_bias=bias)
+        toks, _, ctxs = gan_eval.generate_bars(model, 300, 2, "folk", seed=7, contexts=True, pc_bias=bias)
         return js_divergence(onset_pc_counts(toks, ctxs, frame), target)
 
     before = js_of(old, None)
@@ -317,8 +318,8 @@ def test_calibration_moves_pitch_classes_towards_target(tmp_path):
     gan.save(tmp_path / "c.pt", old.gen, dict(old.meta), old.primers, old.primer_styles, half=True, pc_bias=bias)
     cal = gan.load(tmp_path / "c.pt")
     assert np.allclose(cal.pc_bias, bias) and cal.bias_frame == "absolute"
-    mels = gan.generate_melodies(cal, 200, bars=2, style="folk", seed=3)
-    plain = gan.generate_melodies(old, 200, bars=2, style="folk", seed=3)
+    mels = gan_eval.generate_melodies(cal, 200, bars=2, style="folk", seed=3)
+    plain = gan_eval.generate_melodies(old, 200, bars=2, style="folk", seed=3)
     got = [0] * 12
     base = [0] * 12
     for mel, ref in ((mels, got), (plain, base)):
@@ -332,10 +333,10 @@ def test_calibration_moves_pitch_classes_towards_target(tmp_path):
     ctx = np.zeros((2, 12), np.float32)
     ctx[0, [0, 4, 7]] = 1 / 3  # C major
     ctx[1, [2, 6, 9]] = 1 / 3  # D major
-    assert list(gan.context_tonic(ctx)) == [0, 2]
+    assert list(gan_bars.context_tonic(ctx)) == [0, 2]
     rel = np.arange(12, dtype=np.float32)
-    b = gan.pitch_bias(rel, [0, 0], ctx, "key")
-    assert b[0, 60 - gan.LOW] == 0 and b[1, 62 - gan.LOW] == 0 and b[1, 60 - gan.LOW] == 10
+    b = gan_bars.pitch_bias(rel, [0, 0], ctx, "key")
+    assert b[0, 60 - gan_bars.LOW] == 0 and b[1, 62 - gan_bars.LOW] == 0 and b[1, 60 - gan_bars.LOW] == 10
     kb, _ = calibrate(gan.load(path), targets, "key", iterations=1, count=50, bars=1)
     assert np.isfinite(kb).all()
 
@@ -344,12 +345,12 @@ def test_transposition_and_tonal_feature_matching():
     from midi_bridge.model.gan import transpose_tokens
     from midi_bridge.training.gan_train import tonal_loss, tonal_profiles
 
-    c_major = gan.melody_to_bars([(60, 0, 1), (64, 1, 1), (67, 2, 1), (95, 3, 1)], 1)
+    c_major = gan_bars.melody_to_bars([(60, 0, 1), (64, 1, 1), (67, 2, 1), (95, 3, 1)], 1)
     toks = torch.as_tensor(np.concatenate([c_major, c_major]))
     moved = transpose_tokens(toks, torch.tensor([2, -1]))
-    assert gan.bars_to_melody(moved[0].numpy()) == [(62, 0, 1), (66, 1, 1), (69, 2, 1), (85, 3, 1)]  # 97 folds down
-    assert gan.bars_to_melody(moved[1].numpy())[0] == (59, 0, 1)
-    assert (moved == gan.HOLD).sum() == (toks == gan.HOLD).sum() and (moved == gan.REST).sum() == (toks == gan.REST).sum()
+    assert gan_bars.bars_to_melody(moved[0].numpy()) == [(62, 0, 1), (66, 1, 1), (69, 2, 1), (85, 3, 1)]  # 97 folds down
+    assert gan_bars.bars_to_melody(moved[1].numpy())[0] == (59, 0, 1)
+    assert (moved == gan_bars.HOLD).sum() == (toks == gan_bars.HOLD).sum() and (moved == gan_bars.REST).sum() == (toks == gan_bars.REST).sum()
     # the key-relative profile of a transposed bar with its transposed tonic is unchanged
     a_abs, a_rel = tonal_profiles(gan.one_hot(toks[:1]), torch.tensor([0]))
     b_abs, b_rel = tonal_profiles(gan.one_hot(moved[:1]), torch.tensor([2]))
@@ -369,26 +370,26 @@ def test_continuation_of_heldout_passages(tmp_path):
     model = gan.load(tiny_checkpoint(tmp_path / "g.pt"))
     rng = np.random.default_rng(1)
     pieces = [random_melody(rng, 10), random_melody(rng, 5), random_melody(rng, 3)]
-    pas, sty = gan.heldout_windows(pieces, [1, 0, 1], every=4)
-    assert pas.shape == (3, gan.CTX_BARS, gan.STEPS) and list(sty) == [1, 1, 0]  # bars 4 and 8; bar 4; none
-    assert (pas[0] == gan.melody_to_bars(pieces[0], 10)[:4]).all()
-    toks, ctxs = gan.continue_passages(model, pas, sty, 2, seed=3)
-    assert toks.shape == (3, 2, gan.STEPS) and ctxs.shape == (3, 2, 12)
-    assert np.allclose(ctxs[:, 0], gan.pc_profile(pas))  # the first bar hears the held-out passage
-    assert (toks == gan.continue_passages(model, pas, sty, 2, seed=3)[0]).all()
-    res = gan.continuation_js(model, pieces, [1, 0, 1], bars=4, seed=0, train=pieces)
+    pas, sty = gan_eval.heldout_windows(pieces, [1, 0, 1], every=4)
+    assert pas.shape == (3, gan_bars.CTX_BARS, gan_bars.STEPS) and list(sty) == [1, 1, 0]  # bars 4 and 8; bar 4; none
+    assert (pas[0] == gan_bars.melody_to_bars(pieces[0], 10)[:4]).all()
+    toks, ctxs = gan_eval.continue_passages(model, pas, sty, 2, seed=3)
+    assert toks.shape == (3, 2, gan_bars.STEPS) and ctxs.shape == (3, 2, 12)
+    assert np.allclose(ctxs[:, 0], gan_bars.pc_profile(pas))  # the first bar hears the held-out passage
+    assert (toks == gan_eval.continue_passages(model, pas, sty, 2, seed=3)[0]).all()
+    res = gan_eval.continuation_js(model, pieces, [1, 0, 1], bars=4, seed=0, train=pieces)
     assert res["windows"] == 3 and res["notes"] > 0
     for prof in res["key_profile"].values():
         assert len(prof) == 12 and sum(prof) == pytest.approx(1, abs=1e-3)
     # degrees counted from each passage's tonic: D major bars in D put D on degree 0
-    d_major = gan.melody_to_bars([(62, 0, 1), (66, 1, 1), (69, 2, 1), (74, 3, 1)], 1)[None]
-    assert gan.key_profile(d_major, [2]) == [0.5, 0, 0, 0, 0.25, 0, 0, 0.25, 0, 0, 0, 0]
+    d_major = gan_bars.melody_to_bars([(62, 0, 1), (66, 1, 1), (69, 2, 1), (74, 3, 1)], 1)[None]
+    assert gan_eval.key_profile(d_major, [2]) == [0.5, 0, 0, 0, 0.25, 0, 0, 0.25, 0, 0, 0, 0]
     assert set(res["gan"]) == set(res["unigram"]) == set(res["passage_unigram"]) == {"pitch_class", "interval"}
-    assert gan.continuation_js(model, pieces[2:], [1], bars=4) == {"windows": 0, "bars": 4, "notes": 0}
+    assert gan_eval.continuation_js(model, pieces[2:], [1], bars=4) == {"windows": 0, "bars": 4, "notes": 0}
     # the passage baseline draws only the pitches of the passage it continues
-    base = gan.passage_unigram_melodies(pas, [5, 0, 7], seed=1)
+    base = gan_eval.passage_unigram_melodies(pas, [5, 0, 7], seed=1)
     assert [len(m) for m in base] == [5, 0, 7]
-    assert {p for p, _, _ in base[2]} <= {p for p, _, _ in gan.bars_to_melody(pas[2])}
+    assert {p for p, _, _ in base[2]} <= {p for p, _, _ in gan_bars.bars_to_melody(pas[2])}
 
 
 def test_train_gan_warm_start_with_augmentation(tmp_path, capsys):
@@ -426,27 +427,27 @@ def test_key_normalised_generator_is_transposition_equivariant(tmp_path):
     torch.manual_seed(0)
     inner = gan.BarGenerator(gan.GanConfig(**TINY)).eval()
     kn = gan.KeyNormalised(inner).eval()
-    c_major = gan.melody_to_bars([(60 + d, i * 0.5, 0.5) for i, d in enumerate([0, 2, 4, 5, 7, 9, 11, 12])], 1)
+    c_major = gan_bars.melody_to_bars([(60 + d, i * 0.5, 0.5) for i, d in enumerate([0, 2, 4, 5, 7, 9, 11, 12])], 1)
     prev_c = torch.as_tensor(c_major)
-    ctx_c = torch.as_tensor(gan.pc_profile(c_major[None]))
+    ctx_c = torch.as_tensor(gan_bars.pc_profile(c_major[None]))
     prev_d = gan.transpose_tokens(prev_c, torch.tensor([2]))
     ctx_d = torch.roll(ctx_c, 2, 1)
-    assert list(gan.context_tonic(ctx_c.numpy())) == [0] and list(gan.context_tonic(ctx_d.numpy())) == [2]
+    assert list(gan_bars.context_tonic(ctx_c.numpy())) == [0] and list(gan_bars.context_tonic(ctx_d.numpy())) == [2]
     z, style = torch.randn(1, inner.cfg.z), torch.tensor([1])
     with torch.no_grad():
         out_c = kn(z, style, gan.one_hot(prev_c), ctx_c)
         out_d = kn(z, style, gan.one_hot(prev_d), ctx_d)
         plain = inner(z, style, gan.one_hot(prev_c), ctx_c)
     assert torch.allclose(out_c, plain)  # a passage in C is not moved
-    assert torch.allclose(out_d[:, 2:gan.N_PITCH], out_c[:, :gan.N_PITCH - 2], atol=1e-6)  # pitches a tone up
-    assert torch.allclose(out_d[:, gan.N_PITCH:], out_c[:, gan.N_PITCH:], atol=1e-6)  # HOLD, REST
-    assert list(gan.tonic_shift([0, 2, 5, 6, 7, 11])) == [0, 2, 5, -6, -5, -1]
+    assert torch.allclose(out_d[:, 2:gan_bars.N_PITCH], out_c[:, :gan_bars.N_PITCH - 2], atol=1e-6)  # pitches a tone up
+    assert torch.allclose(out_d[:, gan_bars.N_PITCH:], out_c[:, gan_bars.N_PITCH:], atol=1e-6)  # HOLD, REST
+    assert list(gan_bars.tonic_shift([0, 2, 5, 6, 7, 11])) == [0, 2, 5, -6, -5, -1]
     gan.save(tmp_path / "k.pt", kn, {"styles": ["chorale", "folk"], "key_normalised": True},
-             np.tile(c_major, (1, gan.CTX_BARS, 1)), np.array([1]))
+             np.tile(c_major, (1, gan_bars.CTX_BARS, 1)), np.array([1]))
     loaded = gan.load(tmp_path / "k.pt")
     assert isinstance(loaded.gen, gan.KeyNormalised) and "inner.fc.weight" not in torch.load(
         tmp_path / "k.pt", weights_only=True)["generator"]
-    check_melody(gan.generate_melodies(loaded, 2, bars=2)[0], 2)
+    check_melody(gan_eval.generate_melodies(loaded, 2, bars=2)[0], 2)
 
 
 def test_train_gan_refuses_a_harmony_dataset(tmp_path, capsys):

@@ -76,7 +76,7 @@ def test_accompany_voices_below_melody(ckpts):
 def test_styles_and_missing_files(ckpts, caplog):
     with pytest.raises(PluginError, match="style"):
         make(ckpts, style="jazz")
-    with pytest.raises(PluginError, match="not found"):
+    with pytest.raises(PluginError, match="^rnn: checkpoint 'nope.pt' not found"):
         make(ckpts, checkpoint="nope.pt")
     with caplog.at_level(logging.WARNING):
         g = make(ckpts, harmonizer="missing.pt")

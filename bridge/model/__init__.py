@@ -3,8 +3,10 @@
 :mod:`.encoding` (MIDI <-> event rows), :mod:`.rnn` (LSTM/GRU with a one-event step
 API), :mod:`.step` (the batch-1 CPU stepper), :mod:`.cuda_graph` (the captured CUDA
 step), :mod:`.cache` (in-piece copy statistics), :mod:`.sampling`, :mod:`.checkpoint`
-(safe loading), :mod:`.device`, :mod:`.gan` (the conditional GAN's networks and
-sampling) and :mod:`.theory` (music-theory reward and metrics).
+(safe loading), :mod:`.paths` (where a named checkpoint is found), :mod:`.device`,
+:mod:`.gan_bars` (the conditional GAN's bar tokens) and :mod:`.gan` (its networks,
+checkpoints and sampling), :mod:`.ppm` (the PPM predictor), :mod:`.keys` (key names) and
+:mod:`.theory` (music-theory reward and metrics).
 
 May import: its own modules and :mod:`midi_bridge.plugin` (for its error type).  Never a
 generator: the generators build on this library, not the other way round.  Offline

@@ -2,7 +2,7 @@
 
 * ``rnn``: the checkpoint, teacher forcing over whole pieces (the in-piece copy mixture
   included, exactly as the step API computes it).
-* ``markov``: the PPM of ``plugins/markov.py`` (escape C with exclusion, in-piece counts
+* ``markov``: the PPM of :mod:`midi_bridge.model.ppm` (escape C with exclusion, in-piece counts
   weighted by ``piece_weight``) over one token per event (the event row as a tuple),
   fitted on the train split's untransposed pieces; its order and piece weight are tuned
   on about 8,000 events of whole validation pieces (drawn with a fixed seed) unless
@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from midi_bridge.model import checkpoint
-from .dataset import load_meta
 from midi_bridge.model.encoding import WAIT, EventSpec
+from midi_bridge.model.ppm import PPM
+from .dataset import load_meta
 from .train import LN2, evaluate_batches, featurize, make_batches
 
 PPM_ORDERS = (2, 4, 6, 8, 10)
@@ -57,16 +58,8 @@ def _metrics(bits: float, notes: int, correct: int) -> dict:
             "perplexity": round(2.0 ** bpn, 3), "notes": notes}
 
 
-def _ppm_class():
-    try:
-        from midi_bridge.generators.markov import PPM
-    except ImportError as exc:  # pragma: no cover - the core ships it
-        raise RuntimeError(f"the markov baseline needs midi_bridge.generators.markov.PPM ({exc})") from exc
-    return PPM
-
-
 def fit_ppm(pieces, order: int, alphabet: int, piece_weight: float = 0.0):
-    model = _ppm_class()(max_order=order, alphabet_size=alphabet, piece_weight=0.0)
+    model = PPM(max_order=order, alphabet_size=alphabet, piece_weight=0.0)
     for ev, *_ in pieces:
         model.reset_context()
         for row in ev.tolist():

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from midi_bridge.model import gan
+from midi_bridge.model import gan, gan_bars
+from . import gan_eval
 from .dataset import load_meta
 from .train import Progress
 
@@ -45,19 +46,19 @@ def bar_pairs(melodies, styles):
     every bar of every piece with the bar before it (an empty bar before the first), the
     tonal context of the ``CTX_BARS`` bars before it and those bars; bars that are all
     rest are left out."""
-    k = gan.CTX_BARS
+    k = gan_bars.CTX_BARS
     prev, cur, sty, ctx, pas = [], [], [], [], []
     for mel, s in zip(melodies, styles):
         if not mel:
             continue
-        bars = gan.melody_to_bars(mel)
-        padded = np.concatenate([np.tile(gan.empty_bar(), (k, 1)), bars])
+        bars = gan_bars.melody_to_bars(mel)
+        padded = np.concatenate([np.tile(gan_bars.empty_bar(), (k, 1)), bars])
         windows = np.stack([padded[i:i + k] for i in range(len(bars))])  # the k bars before bar i
-        keep = (bars != gan.REST).any(1)
+        keep = (bars != gan_bars.REST).any(1)
         prev.append(windows[keep, -1])
         cur.append(bars[keep])
         sty.append(np.full(int(keep.sum()), s, np.int64))
-        ctx.append(gan.pc_profile(windows[keep]))
+        ctx.append(gan_bars.pc_profile(windows[keep]))
         pas.append(windows[keep])
     if not cur:
         raise ValueError("the dataset has no bars with notes")
@@ -67,7 +68,7 @@ def bar_pairs(melodies, styles):
 def primer_bank(passages: np.ndarray, styles: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``k`` real passages of ``CTX_BARS`` bars whose last bar has at least two onsets
     (a melodic context to start from)."""
-    onsets = (passages[:, -1] < gan.N_PITCH).sum(1)
+    onsets = (passages[:, -1] < gan_bars.N_PITCH).sum(1)
     pool = np.flatnonzero(onsets >= 2)
     if not len(pool):
         pool = np.arange(len(passages))
@@ -81,14 +82,14 @@ def gumbel_st(logits: torch.Tensor) -> torch.Tensor:
     return F.gumbel_softmax(logits, tau=1.0, hard=True, dim=1)
 
 
-_PITCH_PC = torch.from_numpy(np.eye(12, dtype=np.float32)[(np.arange(gan.N_PITCH) + gan.LOW) % 12])  # [48, 12]
+_PITCH_PC = torch.from_numpy(np.eye(12, dtype=np.float32)[(np.arange(gan_bars.N_PITCH) + gan_bars.LOW) % 12])  # [48, 12]
 
 
 def tonal_profiles(bars: torch.Tensor, tonic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bars as class weights ``[B, N_CLASSES, 16]`` (one-hot or softmax) -> the pitch-class
     profile of their onset mass over the whole batch, absolute and counted from each bar's
     context tonic (``[12]`` each, summing to 1)."""
-    pcs = bars[:, :gan.N_PITCH, :].sum(-1) @ _PITCH_PC  # [B, 12]
+    pcs = bars[:, :gan_bars.N_PITCH, :].sum(-1) @ _PITCH_PC  # [B, 12]
     idx = (torch.arange(12)[None, :] + tonic[:, None]) % 12
     rel = pcs.gather(1, idx)
     total = pcs.sum().clamp_min(1e-6)
@@ -116,13 +117,13 @@ def gradient_penalty(disc, real, fake, prev, style, ctx) -> torch.Tensor:
 def js_score(model: gan.LoadedGAN, reference, count: int, bars: int, seed: int) -> dict:
     from midi_bridge.model.theory import histogram_js
 
-    mels = gan.generate_melodies(model, count, bars, seed=seed)
+    mels = gan_eval.generate_melodies(model, count, bars, seed=seed)
     return histogram_js(mels, reference)
 
 
 def cmd_evaluate(args) -> int:
     torch.set_num_threads(max(1, args.threads))
-    res = gan.evaluate_js(args.evaluate, args.dataset, count=args.eval_count, bars=args.eval_bars, seed=args.seed,
+    res = gan_eval.evaluate_js(args.evaluate, args.dataset, count=args.eval_count, bars=args.eval_bars, seed=args.seed,
                           split=args.eval_split)
     print(json.dumps(res, indent=1))
     return 0
@@ -132,11 +133,11 @@ def onset_pc_counts(tokens, ctxs=None, frame: str = "absolute") -> np.ndarray:
     """Counts ``[12]`` of the pitch classes of the onsets in tokens ``[..., 16]`` (one bar a
     row), absolute or (``frame="key"``) from the tonic of each bar's tonal context
     ``ctxs`` ``[..., 12]``."""
-    t = np.asarray(tokens, np.int64).reshape(-1, gan.STEPS)
-    onset = t < gan.N_PITCH
-    pcs = (np.where(onset, t, 0) + gan.LOW) % 12
+    t = np.asarray(tokens, np.int64).reshape(-1, gan_bars.STEPS)
+    onset = t < gan_bars.N_PITCH
+    pcs = (np.where(onset, t, 0) + gan_bars.LOW) % 12
     if frame == "key":
-        pcs = (pcs - gan.context_tonic(np.asarray(ctxs).reshape(-1, 12))[:, None]) % 12
+        pcs = (pcs - gan_bars.context_tonic(np.asarray(ctxs).reshape(-1, 12))[:, None]) % 12
     return np.bincount(pcs[onset], minlength=12).astype(np.float64)
 
 
@@ -173,7 +174,7 @@ def calibrate(model: gan.LoadedGAN, targets: np.ndarray, frame: str = "absolute"
         for s, name in enumerate(model.styles):
             if targets[s].sum() <= 0:
                 continue
-            toks, _, ctxs = gan.generate_bars(model, count, bars, name, seed=seed + 10 * it + s, contexts=True,
+            toks, _, ctxs = gan_eval.generate_bars(model, count, bars, name, seed=seed + 10 * it + s, contexts=True,
                                               pc_bias=bias)
             got = onset_pc_counts(toks, ctxs, frame)
             row[name] = round(float(js_divergence(got, targets[s])), 5)
@@ -192,7 +193,7 @@ def cmd_calibrate(args) -> int:
     if not args.out:
         raise ValueError("train-gan --calibrate needs -o OUT.pt")
     model = gan.load(args.calibrate)
-    mels, styles, _ = gan.split_melodies(args.dataset, "train")
+    mels, styles, _ = gan_eval.split_melodies(args.dataset, "train")
     frame = args.calibrate_frame
     targets = calibration_targets(mels, styles, len(model.styles), frame)
     bias, history = calibrate(model, targets, frame, args.calibrate_iters, args.calibrate_count, args.eval_bars,
@@ -227,14 +228,14 @@ def cmd_train_gan(args) -> int:
     styles = list(meta["styles"]) or ["default"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_mels, train_styles, _ = gan.split_melodies(args.dataset, "train")
-    val_mels, val_styles, _ = gan.split_melodies(args.dataset, "val")
+    train_mels, train_styles, _ = gan_eval.split_melodies(args.dataset, "train")
+    val_mels, val_styles, _ = gan_eval.split_melodies(args.dataset, "val")
     if not val_mels:
         val_mels, val_styles = train_mels, train_styles
     prev_np, cur_np, sty_np, ctx_np, pas_np = bar_pairs(train_mels, train_styles)
     primers, primer_styles = primer_bank(pas_np, sty_np, PRIMERS, args.seed)
     prev_all, cur_all, sty_all, ctx_all = (torch.from_numpy(a) for a in (prev_np, cur_np, sty_np, ctx_np))
-    tonic_all = torch.from_numpy(gan.context_tonic(ctx_np))
+    tonic_all = torch.from_numpy(gan_bars.context_tonic(ctx_np))
 
     cfg = gan.GanConfig(z=args.z, ch=args.channels, cond=args.cond, n_styles=len(styles))
     start_epoch, best, history, elapsed0, train_state = 0, float("inf"), [], 0.0, None
@@ -301,7 +302,7 @@ def cmd_train_gan(args) -> int:
             cur, prv, ctx, tonic = cur_all[idx], prev_all[idx], ctx_all[idx], tonic_all[idx]
             shift = None
             if args.key_normalise:  # every bar moved to C by the tonic of its tonal context
-                shift = -torch.from_numpy(gan.tonic_shift(tonic.numpy()))
+                shift = -torch.from_numpy(gan_bars.tonic_shift(tonic.numpy()))
             elif args.transpose:
                 shift = torch.randint(-args.transpose, args.transpose + 1, (len(idx),))
             if shift is not None:  # the same shift for the bar, its previous bar and its tonal context
@@ -351,7 +352,7 @@ def cmd_train_gan(args) -> int:
         gen.eval(), disc.eval()
         model = gan.LoadedGAN(gan.KeyNormalised(gen) if args.key_normalise else gen, dict(base_meta, styles=styles),
                               primers.astype(np.int64), primer_styles)
-        js = gan.continuation_js(model, val_mels, val_styles, 4, seed=epoch).get("gan") \
+        js = gan_eval.continuation_js(model, val_mels, val_styles, 4, seed=epoch).get("gan") \
             if args.select == "continuation" else None
         if js is None:  # free generation (or val pieces too short to continue)
             js = js_score(model, val_mels, args.val_count, 4, seed=epoch)
@@ -377,7 +378,7 @@ def cmd_train_gan(args) -> int:
         gan.save(args.export, best_model.gen, best_model.meta, best_model.primers, best_model.primer_styles, half=True)
         print(f"exported {args.export} ({os.path.getsize(args.export) / 1e6:.2f} MB, float16)", file=sys.stderr)
     if args.eval_count and (out / "best.pt").exists() and (Path(args.dataset) / "test.pt").exists():
-        res = gan.evaluate_js(out / "best.pt", args.dataset, count=args.eval_count, bars=args.eval_bars, seed=args.seed)
+        res = gan_eval.evaluate_js(out / "best.pt", args.dataset, count=args.eval_count, bars=args.eval_bars, seed=args.seed)
         print(json.dumps(res, indent=1))
     return 0
 

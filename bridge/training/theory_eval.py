@@ -3,8 +3,8 @@ melodies sampled from each model (see docs/models.md, "Music-theory evaluation")
 
 Sources: ``corpus`` (the first ``--notes`` notes of test-split pieces), ``rnn`` (the
 checkpoint), ``rnn_tuned`` (``--tuned``), ``gan`` (``--gan``, through
-``midi_bridge.model.gan.generate_melodies`` when that module and file exist), ``markov`` (the
-PPM of plugins/markov.py fitted on the train split, sampled), and ``unigram`` (the same
+:func:`midi_bridge.training.gan_eval.generate_melodies` when the file exists), ``markov`` (the
+PPM of :mod:`midi_bridge.model.ppm` fitted on the train split, sampled), and ``unigram`` (the same
 PPM at order 0: the reference row for the histogram divergences).  Every model melody
 is sampled with a fixed seed (``--seed`` + its index) from the begin-of-piece state,
 conditioned on the style of the corpus melody with the same index, at ``--temperature``.
@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from midi_bridge.model import checkpoint, theory
-from .dataset import load_meta
 from midi_bridge.model.encoding import WAIT, EventSpec
 from midi_bridge.model.step import Stepper
+from .dataset import load_meta
+from .gan_eval import generate_melodies
 from .tune import rows_to_melody, sample_rows
 
 DEFAULT_MARKOV_ORDER = 8
@@ -85,19 +86,15 @@ def ppm_melodies(ppm, styles, notes: int, seed: int, temperature: float = 1.0):
 
 
 def gan_melodies(path, styles, style_names, notes_hint: int, bars: int, seed: int):
-    """Melodies of ``bars`` bars from ``midi_bridge.model.gan`` (lazy import), grouped by style,
-    cut to ``notes_hint`` notes; None + reason when the module or the checkpoint is missing."""
+    """Melodies of ``bars`` bars from the GAN checkpoint at ``path``
+    (:func:`.gan_eval.generate_melodies`), grouped by style, cut to ``notes_hint`` notes;
+    None + reason when the checkpoint is missing."""
     if not path or not Path(path).exists():
         return None, f"no GAN checkpoint ({path})"
-    try:
-        from midi_bridge.model import gan
-        gen = gan.generate_melodies
-    except (ImportError, AttributeError) as exc:
-        return None, f"midi_bridge.model.gan.generate_melodies unavailable ({exc})"
     out: list = [None] * len(styles)
     for s in sorted(set(styles)):
         idx = [i for i, x in enumerate(styles) if x == s]
-        mels = gen(path, len(idx), bars=bars, style=style_names[s] if s < len(style_names) else None, seed=seed + s)
+        mels = generate_melodies(path, len(idx), bars=bars, style=style_names[s] if s < len(style_names) else None, seed=seed + s)
         for i, m in zip(idx, mels):
             out[i] = [(int(p), float(a), float(d)) for p, a, d in m][:notes_hint]
     return [m for m in out if m], None

@@ -719,7 +719,7 @@ def mixed_events(r: random.Random, n: int, t0: int = 0):
 #: (the heap holds what is scheduled ahead: at most a few seconds of output).
 BOUNDS = {"heap": 20_000, "epochs": 16 * 128 + 2, "sounding": 16 * 128, "by_tag": 16 * 128 + 2,
           "by_tag_keys": 16 * 128, "channels_used": 16, "held": 16 * 128, "phrase": 64,
-          "guard": 512, "guard_order": 512, "sync_pts": 48, "warned": 16, "markov_history": 2000,
+          "guard": 512, "guard_order": 512, "sync_pts": 384, "warned": 16, "markov_history": 2000,
           "markov_index": 2000 * 5, "markov_sounding": 16 * 128}
 
 

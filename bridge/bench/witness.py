@@ -2,8 +2,10 @@
 
 A real ``midi-bridge run`` (continue mode, ``--quantize 1/16``) follows a MIDI clock on a
 private JACK server.  The clock and the player's phrases come from a frame-accurate JACK
-client of this module (the clock at 24 ppqn, optionally with jitter: each tick moved by a
-uniform random fraction of +-J % of its interval, as ``jack_midi_clock -J`` does);
+client of this module (the clock at 24 ppqn, optionally with jitter: each tick moved off
+its nominal time by a uniform random +-J % of the tick interval, independently, so the
+clock keeps its tempo; jackd2 1.9.21 as packaged by Debian has no ``jack_midi_clock``,
+whose ``-J`` jitter accumulates from tick to tick instead);
 jackd2's own ``jack_midi_dump -a`` records the clock and the bridge's output on one input,
 every event with its frame.  The grid is the least-squares line through the dump's clock
 frames (the unjittered clock); an answer note-on's error is its frame minus the nearest

@@ -15,6 +15,7 @@ from midi_bridge.core import midi
 from midi_bridge.core.clock import SimClock
 from midi_bridge.runtime.discovery import PluginInfo
 from midi_bridge.core.engine import Engine
+from midi_bridge.core.messages import Input
 from midi_bridge.runtime.host import GeneratorHost
 from midi_bridge.plugin import MODES, Context, Generator, Note, PlayedEvent
 from midi_bridge.commands.render import run_until
@@ -185,7 +186,7 @@ class Rig:
     def send(self, t_ms: float, *data: int) -> None:
         """A raw message arrives at ``t_ms`` (stamped with that time)."""
         self.advance(t_ms)
-        self.engine.handle((self.clock.t, 0, list(data)), self.clock.t)
+        self.engine.handle(Input(self.clock.t, 0, list(data)), self.clock.t)
         self.engine.tick(self.clock.t)
 
     def on(self, t_ms: float, pitch: int, velocity: int = 100, ch: int = 0) -> None:

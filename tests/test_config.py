@@ -226,3 +226,13 @@ def test_a_bad_flag_value_names_the_flag_that_was_given(flag, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     assert err.startswith(f"midi-bridge: {flag}: "), err
+
+
+def test_interaction_modes_are_defined_once():
+    """The generator modes of the plugin contract plus thru, in one place (before: three
+    copies, in the plugin contract, the live controls and the config)."""
+    from midi_bridge import plugin
+    from midi_bridge.commands import cli
+    from midi_bridge.core import control, modes
+    assert modes.MODES == (*plugin.MODES, "thru")
+    assert config.MODES is modes.MODES and control.MODES is modes.MODES and cli.MODES is modes.MODES

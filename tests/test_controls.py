@@ -8,6 +8,7 @@ import pytest
 
 from midi_bridge.core import control
 from midi_bridge.core.engine import ACCOUNTED
+from midi_bridge.core.messages import Command
 from helpers import Both, Endless, Intervals, Melody, Rig, is_cc, unmatched
 from test_engine import phrase
 
@@ -165,18 +166,18 @@ def test_echo_off():
 def test_commands_arrive_through_handle():
     rig = Rig({"b": Both, "m": Melody}, start="b")
     e = rig.engine
-    e.handle(("cmd", "mode", None), 0)
+    e.handle(Command("mode", (None,)), 0)
     assert e.mode == "accompany"
-    e.handle(("cmd", "temperature", 1.25), 0)
-    e.handle(("cmd", "temperature", 1.25), 0)
+    e.handle(Command("temperature", (1.25,)), 0)
+    e.handle(Command("temperature", (1.25,)), 0)
     assert e.controls["temperature"] == pytest.approx(1.5625, abs=1e-3)
-    e.handle(("cmd", "temperature", 100), 0)
+    e.handle(Command("temperature", (100,)), 0)
     assert e.controls["temperature"] == 2.0
-    e.handle(("cmd", "mode", "continue"), 0)
-    e.handle(("cmd", "next"), 0)
+    e.handle(Command("mode", ("continue",)), 0)
+    e.handle(Command("next"), 0)
     assert e.gen_name == "m"
     rig.on(10, 60)
-    e.handle(("cmd", "panic"), rig.clock.t)
+    e.handle(Command("panic"), rig.clock.t)
     assert e.stats["commands"] == 7 and e.stats["events_in"] == 1
 
 
@@ -305,7 +306,7 @@ def test_a_lost_note_off_does_not_keep_the_phrase_open_for_ever(how):
     rig.advance(3000)
     assert rig.note_ons() == [], "a held key: no answer yet"
     if how == "panic":
-        rig.engine.handle(("cmd", "panic"), rig.clock.t)
+        rig.engine.handle(Command("panic"), rig.clock.t)
     elif how == "cc123":
         rig.send(3000, 0xB0, 123, 0)
     else:
@@ -335,7 +336,7 @@ def test_leaving_thru_mode_without_a_generator_loads_the_configured_one():
     must not go silent; the configured generator is loaded and answers."""
     rig = Rig({"m": Melody}, engine={"mode": "thru", "generator": "m"})
     assert rig.engine.gen is None
-    rig.engine.handle(("cmd", "mode", "continue"), rig.clock.t)
+    rig.engine.handle(Command("mode", ("continue",)), rig.clock.t)
     assert rig.engine.mode == "continue" and rig.engine.gen_name == "m"
     rig.tap(0, 60)
     rig.tap(200, 62)
@@ -347,7 +348,7 @@ def test_leaving_thru_mode_without_a_generator_loads_the_configured_one():
 def test_leaving_thru_mode_for_a_mode_the_generator_lacks_keeps_playing_thru(caplog):
     rig = Rig({"m": Melody}, engine={"mode": "thru", "generator": "m"})
     with caplog.at_level(logging.WARNING):
-        rig.engine.handle(("cmd", "mode", "accompany"), rig.clock.t)
+        rig.engine.handle(Command("mode", ("accompany",)), rig.clock.t)
     assert rig.engine.mode == "accompany" and rig.engine.gen is None
     assert "does not support mode 'accompany'" in caplog.text
     rig.tap(0, 60)
@@ -365,3 +366,20 @@ def test_a_mapped_pads_pressure_is_consumed_not_passed_thru():
     rig.send(20, 0xA9, 37, 80)           # an unmapped key's pressure passes
     assert rig.msgs(mark) == [(0xA9, 37, 80)]
     assert set(rig.engine.stats) >= {"control"} and rig.engine.stats["control"] == 2
+
+
+def test_the_live_controls_log_as_their_own_module(caplog):
+    """(before: as "midi_bridge.core.engine", a name written into control.py)"""
+    rig = Rig({"m": Melody})
+    with caplog.at_level(logging.INFO):
+        rig.engine.command("panic")
+    assert [r.name for r in caplog.records if "panic" in r.getMessage()] == ["midi_bridge.core.control"]
+
+
+def test_the_controls_are_an_object_the_engine_calls():
+    """Not a mixin sharing the engine's privates: its own state, the engine's public side."""
+    rig = Rig({"m": Melody}, control={"map": {"density": "cc 20"}})
+    e = rig.engine
+    assert not isinstance(e, control.LiveControls) and isinstance(e.live, control.LiveControls)
+    rig.send(0, 0xB0, 20, 0)
+    assert e.live.values["density"] == 0.0 and e.controls is e.live.values

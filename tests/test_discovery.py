@@ -10,6 +10,7 @@ from importlib import metadata
 
 import pytest
 
+from midi_bridge.core.messages import Swap
 from midi_bridge.runtime import discovery
 from midi_bridge.runtime.host import GeneratorHost
 from midi_bridge.plugin import ENTRY_POINT_GROUP, Generator, Note, PluginError
@@ -336,8 +337,8 @@ def test_a_live_swap_to_a_plugin_that_calls_sys_exit_reports_the_failure():
         if posted:
             break
         time.sleep(0.01)
-    assert posted and posted[0][0] == "swap" and posted[0][2] is None
-    assert "construction failed: SystemExit" in posted[0][3]
+    assert posted and type(posted[0]) is Swap and posted[0].gen is None
+    assert "construction failed: SystemExit" in posted[0].err
 
 
 class _ModesAsString(Generator):
@@ -417,5 +418,5 @@ def test_a_plugin_broken_in_an_unforeseen_way_is_a_reported_failure_live_and_at_
         if posted:
             break
         time.sleep(0.01)
-    assert posted and posted[0][:3] == ("swap", "odd", None) and "plugin 'odd'" in posted[0][3]
+    assert posted and (posted[0].name, posted[0].gen) == ("odd", None) and "plugin 'odd'" in posted[0].err
 

@@ -14,6 +14,7 @@ import math
 import pytest
 
 from midi_bridge.core import midi
+from midi_bridge.core.messages import Swap
 from midi_bridge.plugin import Note, PluginError
 from midi_bridge.commands.render import run_until
 
@@ -766,7 +767,9 @@ def test_a_slow_load_overtaken_by_a_later_selection_does_not_replace_it():
     ready.clear()
     pc(rig, 20, 1)
     assert ready.wait(10)
-    rig.engine.handle(posted.pop(), rig.clock.t)
+    item = posted.pop()
+    assert type(item) is Swap and (item.name, item.err) == ("b", "") and isinstance(item.gen, SlowB)
+    rig.engine.handle(item, rig.clock.t)
     assert rig.engine.gen_name == "b"
 
 
@@ -1259,3 +1262,78 @@ def test_a_dotted_grid_never_starts_an_answer_before_its_beat():
     first = (ons[0] - tr.tick_ms) / 500         # in beats (120 bpm)
     assert first >= 4.0 - 1e-3, first           # not before the answer's beat (4)
     assert abs(first / 0.75 - round(first / 0.75)) < 1e-3, first  # and on the 1/8. grid
+
+
+# -- the engine's parts (issue 12): one send path, core imports nothing above it -----------------
+
+class Witness(Both):
+    """Both modes; at every generator call it records what the engine had sent by then."""
+
+    OUT: list = []        # the rig's output (set by the test)
+    LOOKAHEAD = [(72, 0.0, 0.5), (74, 0.0, 0.5), (76, 0.0, 0.5)]  # all due at the answer's start
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        self.seen: list[tuple[str, list]] = []
+
+    def _sent(self, where: str) -> None:
+        self.seen.append((where, [m for _, m in self.OUT]))
+
+    def observe(self, event) -> None:
+        self._sent("observe")
+        super().observe(event)
+
+    def accompany(self, event, context):
+        self._sent("accompany")
+        return super().accompany(event, context)
+
+    def continuation(self, context):
+        def notes():
+            for pitch, start, duration in self.LOOKAHEAD:
+                self._sent(f"next {pitch}")
+                yield Note(pitch, 90, start, duration)
+        return notes()
+
+
+def test_what_is_played_goes_out_before_any_generator_work():
+    rig = Rig({"w": Witness}, engine={"mode": "accompany"}, thru={"enabled": True})
+    Witness.OUT = rig.out
+    rig.on(0, 60)
+    (where, sent), (where2, sent2) = rig.gen.seen[-2:]
+    assert (where, where2) == ("observe", "accompany")
+    assert sent[-1] == sent2[-1] == (0x90, 60, 100), "the played note waited for the generator"
+
+
+def test_an_interrupted_answer_is_ended_before_the_generator_hears_the_new_note():
+    rig = Rig({"w": Witness}, thru={"enabled": True}, phrase={"silence_ms": 100, "min_notes": 1})
+    Witness.OUT = rig.out
+    Witness.LOOKAHEAD = [(72, 0.0, 4.0)]
+    try:
+        rig.tap(0, 60)
+        rig.advance(300)                              # the answer's note sounds
+        assert (0x90, 72, 90) in rig.msgs()
+        rig.on(400, 64)
+    finally:
+        Witness.LOOKAHEAD = [(72, 0.0, 0.5), (74, 0.0, 0.5), (76, 0.0, 0.5)]
+    where, sent = rig.gen.seen[-1]
+    assert where == "observe"
+    tail = sent[sent.index((0x90, 72, 90)) + 1:]
+    assert (0x80, 72, 0) in tail and tail[-1] == (0x90, 64, 100), tail
+
+
+def test_a_due_answer_note_leaves_before_the_generator_samples_the_next():
+    rig = Rig({"w": Witness}, phrase={"silence_ms": 100, "min_notes": 1})
+    Witness.OUT = rig.out
+    rig.tap(0, 60)
+    rig.advance(300)
+    pulls = [(w, [m[1] for m in sent if m[0] == 0x90]) for w, sent in rig.gen.seen if w.startswith("next")]
+    assert pulls == [("next 72", []), ("next 74", [72]), ("next 76", [72, 74])]
+
+
+def test_core_imports_nothing_above_it():
+    """The core room imports the plugin contract and itself only (before: the engine
+    imported midi_bridge.runtime.host for a type)."""
+    from test_layout import imports, modules, room
+    bad = [f"{m} imports {t}" for m, p in modules().items() if room(m) == "core"
+           for t in imports(m, p) if room(t) not in ("core", "plugin")]
+    assert not bad, bad

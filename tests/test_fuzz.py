@@ -670,7 +670,7 @@ def sizes(rig: Rig) -> dict[str, int]:
         "by_tag": len(s._by_tag), "by_tag_keys": sum(len(v) for v in s._by_tag.values()),
         "channels_used": len(s.channels_used), "held": len(eng.held), "phrase": len(eng.phrase),
         "guard": len(eng.guard._sent), "guard_order": len(getattr(eng.guard, "_order", ())),
-        "sync_pts": len(eng.sync._pts), "warned": len(eng._warned),
+        "sync_pts": len(eng.sync._pts), "warned": len(eng._warned) + len(eng.slot.warned),
     }
     gen = eng.gen
     if isinstance(gen, MarkovGenerator):

@@ -134,7 +134,7 @@ def test_snapshot_follows_the_midi_clock():
 
 def test_snapshot_reads_controls_and_problem_counters():
     rig = Rig({"both": Both}, engine={"mode": "continue"})
-    rig.engine.controls = {"temperature": 0.8, "density": 0.5, "length": 1.0}
+    rig.engine.controls.update({"temperature": 0.8, "density": 0.5, "length": 1.0})
     rig.send(0, 0xF5)  # not a MIDI status byte: malformed
     ports = FakePorts()
     ports.callback_errors = 2
@@ -147,11 +147,40 @@ def test_snapshot_reads_controls_and_problem_counters():
     assert snap.errors == {"malformed": 1, "callback_errors": 2, "engine_errors": 1}
 
 
-def test_snapshot_without_live_controls():
-    rig = Rig({"melody": Melody})
-    vars(rig.engine).pop("controls", None)  # an engine that has none
-    snap = snapshot(rig.engine, now_ns=0)
-    assert (snap.temperature, snap.density, snap.length) == (None, None, None)
+def test_snapshot_reads_only_the_engine_view():
+    """The status screen reads the engine's public snapshot, nothing else of it (before:
+    its privates ``_answer``, ``_cont_until``, ``_clocked``)."""
+    rig = Rig({"melody": Melody}, phrase={"silence_ms": 100, "min_notes": 1})
+    rig.tap(0, 60)
+    rig.advance(300)
+    view = rig.engine.snapshot(rig.clock.t)
+
+    class OnlyAView:  # an engine that has nothing but its snapshot
+        def snapshot(self, now):
+            return view
+
+    snap = snapshot(OnlyAView(), now_ns=rig.clock.t)
+    assert (snap.generator, snap.mode, snap.phrase, snap.answers) == ("melody", "continue", "answering", 1)
+    assert snap.sounding == view.sounding >= 1 and (snap.temperature, snap.density, snap.length) == (None, 1.0, 1.0)
+    with pytest.raises(Exception):
+        view.mode = "thru"  # read-only
+
+
+def test_dropped_messages_are_the_ports_count():
+    """Messages sent while no output is connected are counted by the real Ports and shown
+    (before: the screen read ``Scheduler.dropped``, which does not exist: always None)."""
+    from midi_bridge.runtime.ports import Ports
+    rig = Rig({"melody": Melody}, engine={"mode": "thru"})
+    ports = Ports("jack")            # nothing opened: no output connected
+    rig.engine.out = ports.send      # the engine's output, as `midi-bridge run` wires it
+    assert snapshot(rig.engine, ports, now_ns=rig.clock.t).dropped == 0
+    rig.tap(0, 60)                   # thru: a note-on and a note-off, both dropped
+    assert ports.dropped == 2
+    snap = snapshot(rig.engine, ports, now_ns=rig.clock.t)
+    assert snap.dropped == 2
+    from midi_bridge.stage import tui
+    from test_tui import text_of
+    assert "dropped 2" in text_of(tui.render(snap, [], window_s=60))
 
 
 def test_snapshot_latency_from_the_window():
@@ -170,3 +199,21 @@ def test_phrase_state_while_an_answer_still_sounds():
     rig.tap(0, 60)
     rig.advance(300)
     assert phrase_state(rig.engine, rig.clock.t) == "answering"
+
+
+@pytest.mark.parametrize("mode, thru, samples", [
+    ("thru", False, 2), ("accompany", False, 2), ("accompany", True, 2), ("continue", True, 2),
+    ("continue", False, 0),  # nothing goes out with a played note: nothing to time
+])
+def test_the_engine_times_each_played_note_to_its_first_message_out(mode, thru, samples):
+    """Arrival -> the first message the note caused left (thru or accompaniment; before, an
+    accompaniment without thru was never timed: it left after the sample was taken)."""
+    rig = Rig({"both": Both}, engine={"mode": mode}, thru={"enabled": thru})
+    w = rig.engine.latency = LatencyWindow(60)
+    rig.engine.wall_ns = lambda: rig.clock.t + 3 * MS  # what it sent left 3 ms after arrival
+    rig.on(0, 60)
+    rig.off(100, 60)
+    rig.on(200, 62)
+    assert w.total == samples
+    if samples:
+        assert w.percentiles(rig.clock.t) == (3.0, 3.0, samples)

@@ -24,7 +24,8 @@ import yaml
 
 from midi_bridge.runtime import ports as ports_mod
 from midi_bridge.bench.driver import Child, bridge_cmd, parse_stopped
-from midi_bridge.runtime.supervise import PANIC, PortSupervisor
+from midi_bridge.core.messages import PANIC, Command, Input
+from midi_bridge.runtime.supervise import PortSupervisor
 from conftest import need_jackd
 from jackserver import SERVER_NAME, JackError, JackServer, client_env
 from midiclient import MidiClient, unique_client_name
@@ -142,6 +143,7 @@ def test_missing_extra_input_is_waited_for_then_reconnected(graph, caplog):
     first = next(m for m in live(graph, False) if m.port == "kbd:keys out")
     first.callback(([0x90, 60, 1], 0.0))
     assert got[-1][1:] == (1, [0x90, 60, 1])  # source 1: the extra input
+    assert type(got[-1]) is Input and got[-1].port == 1 and got[-1].data == [0x90, 60, 1]
 
     graph.readable.remove("kbd:keys out")
     sup.poll()
@@ -220,7 +222,7 @@ def test_jack_restart_recreates_ports_and_asks_for_a_panic(graph, caplog):
     sup.poll()
     assert not sup.down and watch.pid == 200 and sup.restarts == 1
     assert "JACK server back: re-created in='midi-bridge in' out='midi-bridge out'" in caplog.text
-    assert posted == [PANIC]
+    assert posted == [PANIC] and type(posted[0]) is Command and posted[0].name == "panic"
     out = live(graph, True)
     assert [m.port for m in out] == ["mb:midi-bridge out"]
     p.send((0xB0, 123, 0))

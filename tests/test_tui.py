@@ -23,7 +23,7 @@ from rich.console import Console  # noqa: E402
 
 from midi_bridge.commands import cli
 from midi_bridge.stage import tui
-from midi_bridge.runtime.loop import STOP  # noqa: E402
+from midi_bridge.core.messages import STOP, Command  # noqa: E402
 from midi_bridge.stage.stats import LatencyWindow, Snapshot, snapshot  # noqa: E402
 from helpers import MS, Both, Melody, Rig  # noqa: E402
 
@@ -48,7 +48,7 @@ class FakePorts:
 def test_panel_shows_every_field():
     rig = Rig({"melody": Melody}, engine={"mode": "continue", "bpm": 100},
               phrase={"silence_ms": 400, "min_notes": 2})
-    rig.engine.controls = {"temperature": 0.8, "density": 0.5, "length": 1.5}
+    rig.engine.controls.update({"temperature": 0.8, "density": 0.5, "length": 1.5})
     rig.tap(0, 60)
     rig.tap(150, 62)
     w = LatencyWindow(60)
@@ -123,12 +123,12 @@ def feed(text: str) -> tuple[list[tuple], list[str]]:
 
 
 @pytest.mark.parametrize("key, item", [
-    ("p", ("cmd", "panic")),
-    ("n", ("cmd", "next")),
-    ("m", ("cmd", "mode", None)),
-    ("+", ("cmd", "temperature", 1.25)),
-    ("=", ("cmd", "temperature", 1.25)),
-    ("-", ("cmd", "temperature", 0.8)),
+    ("p", Command("panic")),
+    ("n", Command("next")),
+    ("m", Command("mode", (None,))),
+    ("+", Command("temperature", (1.25,))),
+    ("=", Command("temperature", (1.25,))),
+    ("-", Command("temperature", (0.8,))),
 ])
 def test_each_key_posts_its_command(key, item):
     posted, quits = feed(key)
@@ -144,8 +144,8 @@ def test_q_stops_once_and_other_keys_do_nothing():
 def test_several_keys_in_one_read_and_escape_sequences_ignored():
     # arrow up, F1 (ESC O P), Home: their letters must not be taken for keys
     posted, _ = feed("pn\x1b[A\x1bOP\x1b[1;5H+-m")
-    assert posted == [("cmd", "panic"), ("cmd", "next"), ("cmd", "temperature", 1.25),
-                      ("cmd", "temperature", 0.8), ("cmd", "mode", None)]
+    assert posted == [Command("panic"), Command("next"), Command("temperature", (1.25,)),
+                      Command("temperature", (0.8,)), Command("mode", (None,))]
 
 
 def test_keys_reach_the_engine_through_its_inbox():

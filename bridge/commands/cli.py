@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from midi_bridge import __version__
+from midi_bridge.core.modes import MODES
+
 from . import config as config_mod
 
 log = logging.getLogger("midi_bridge")
@@ -62,7 +64,7 @@ def _add_common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     p.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
     if overrides:
         p.add_argument("--generator", help="generator plugin name (see 'midi-bridge plugins')")
-        p.add_argument("--mode", choices=config_mod.MODES, help="interaction mode")
+        p.add_argument("--mode", choices=MODES, help="interaction mode")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

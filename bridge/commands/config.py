@@ -15,8 +15,9 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from midi_bridge.core.modes import MODES  # (the interaction modes, defined once)
+
 BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
-MODES = ("continue", "accompany", "thru")
 
 
 class ConfigError(ValueError):

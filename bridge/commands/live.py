@@ -33,7 +33,7 @@ from midi_bridge.stage.stats import LatencyWindow
 log = logging.getLogger(__name__)
 
 
-def start_engine(cfg: dict[str, Any], inbox: "queue.SimpleQueue[tuple]",
+def start_engine(cfg: dict[str, Any], inbox: queue.SimpleQueue,
                  host: GeneratorHost) -> Engine:
     """An engine with its first generator (raises PluginError for a bad one)."""
     engine = Engine(cfg, send=lambda msg: None, host=host, now_ns=time.perf_counter_ns())
@@ -91,7 +91,7 @@ def run(cfg: dict[str, Any]) -> int:
         pass
     pc = cfg["ports"]
     backend = ports_mod.choose(pc["backend"])
-    inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+    inbox: queue.SimpleQueue = queue.SimpleQueue()  # of midi_bridge.core.messages items
     host = GeneratorHost(cfg["generators"], cfg["control"]["order"], post=inbox.put)
     try:
         engine = start_engine(cfg, inbox, host)
@@ -109,7 +109,7 @@ def run(cfg: dict[str, Any]) -> int:
     ratings = RatingsWriter(cfg["record"]["ratings"])
     engine.on_rating = ratings.add
     # (asked before our ports open: no other JACK client may open in this process later)
-    engine.offset_ns = round(latency_offset_ms(cfg, backend) * 1e6)
+    engine.player.offset_ns = round(latency_offset_ms(cfg, backend) * 1e6)
     try:
         p = ports_mod.open_ports(backend, pc["client_name"], pc["in_name"], pc["out_name"],
                                  pc["extra_inputs"], pc["extra_outputs"], inbox.put,
@@ -120,7 +120,7 @@ def run(cfg: dict[str, Any]) -> int:
         ratings.close()
         host.close()
         raise
-    engine._send = p.send
+    engine.out = p.send
     # Re-opens extra ports that come back and survives a JACK restart (bridge/runtime/supervise.py).
     supervisor = PortSupervisor(p, post=inbox.put)
     # Generator calls past engine.plugin_budget_ms are cut short (bridge/core/faults.py).
@@ -182,7 +182,7 @@ def run(cfg: dict[str, Any]) -> int:
             signal.signal(s, h)
     stats = {k: v for k, v in engine.stats.items() if v}
     stats["sent"] = engine.sched.sent
-    if getattr(p, "dropped", 0):
+    if p.dropped:
         stats["dropped_while_disconnected"] = p.dropped
     log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in stats.items()))
     if p.callback_errors or thread.crashes:

@@ -15,6 +15,7 @@ import mido
 
 from midi_bridge.core.clock import SimClock
 from midi_bridge.core.engine import Engine
+from midi_bridge.core.messages import Input
 from midi_bridge.runtime.host import GeneratorHost
 
 TAIL_NS = 600 * 10**9  # never simulate more than ten minutes after the last input
@@ -75,7 +76,7 @@ def render(in_path: str | Path, out_path: str | Path, cfg: dict[str, Any]) -> di
     for t_ns, data in events:
         run_until(engine, clock, t_ns)
         clock.advance_to(t_ns)
-        engine.handle((t_ns, 0, data), clock.t)
+        engine.handle(Input(t_ns, 0, data), clock.t)
         engine.tick(clock.t)
     last = events[-1][0] if events else 0
     run_until(engine, clock, last + TAIL_NS)

@@ -1,20 +1,12 @@
 """Time sources.
 
-:class:`Clock` is wall time for the live bridge (``time.perf_counter_ns``); :class:`SimClock`
-is set by hand, for offline rendering and for tests.  :class:`Tempo` converts between
+:class:`SimClock` is set by hand, for offline rendering and for tests (the live bridge
+reads ``time.perf_counter_ns``).  :class:`Tempo` converts between
 nanoseconds and beats at the tempo in use (the internal clock's BPM; a MIDI clock
 follower can change it while playing).
 """
 
 from __future__ import annotations
-
-import time
-
-
-class Clock:
-    """Monotonic wall time in integer nanoseconds."""
-
-    now_ns = staticmethod(time.perf_counter_ns)
 
 
 class SimClock:

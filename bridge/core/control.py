@@ -18,6 +18,10 @@ answer, see :mod:`midi_bridge.stage.ratings`).
 
 With ``control.echo`` the bridge sends each mapped CC's current value back on the output
 after a change, so a controller's LED rings and motor faders follow.
+
+:class:`LiveControls` is the object the engine hands mapped messages and commands to; it
+holds the map and the performer's values and acts through the engine's public methods
+(:class:`Performer`).
 """
 
 from __future__ import annotations
@@ -25,16 +29,16 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from . import midi
+from .modes import MODES
 
-log = logging.getLogger("midi_bridge.core.engine")
+log = logging.getLogger(__name__)
 
 CONTINUOUS = ("temperature", "length", "density", "mode", "generator")
 TRIGGERS = ("next", "panic", "rate_good", "rate_bad")
 ACTIONS = CONTINUOUS + TRIGGERS
-MODES = ("continue", "accompany", "thru")
 CONTROL = "control"  # scheduler tag of the messages the bridge sends to controllers
 
 _SPEC = re.compile(r"^\s*(cc|note)\s*(\d{1,3})(?:\s+ch\s*(\d{1,2}))?\s*$", re.IGNORECASE)
@@ -126,131 +130,122 @@ class ControlMap:
         return None
 
 
+class Performer(Protocol):
+    """What the live controls act on (:class:`midi_bridge.core.engine.Engine`'s public side)."""
+
+    mode: str
+    gen_name: str | None
+    stats: dict[str, int]
+    host: Any
+
+    def panic(self) -> None: ...
+    def request_swap(self, selector: str | int) -> None: ...
+    def set_mode(self, mode: str) -> None: ...
+    def set_length(self, factor: float) -> None: ...
+    def rate(self, rating: int) -> None: ...
+    def send_control(self, msg: tuple[int, ...]) -> None: ...
+
+
 class LiveControls:
-    """The engine's side of live controls (mixed into :class:`midi_bridge.core.engine.Engine`, whose
-    state it changes; it runs on the engine thread like everything else there)."""
+    """The performer's controls: mapped CCs and notes, control-channel program changes and
+    the next-generator CC, and commands (the terminal's keys).  Runs on the engine thread."""
+
+    def __init__(self, config: dict[str, Any], engine: Performer) -> None:
+        self.engine = engine
+        self.channel: int = config["channel"]
+        self.program_change: bool = config["program_change"]
+        self.next_cc = config["next_cc"]
+        self.cmap = ControlMap(config["map"])
+        self.echo_on: bool = config["echo"]
+        #: The performer's live values: temperature (None: the generator's own), answer
+        #: length (x continuation.max_notes/max_beats) and density (share of notes played).
+        self.values: dict[str, Any] = {"temperature": None, "length": 1.0, "density": 1.0}
+
+    def match(self, kind: int, number: int, ch: int) -> Binding | None:
+        """The binding of a channel message of ``kind`` (cc, note on/off, poly pressure), if any."""
+        return self.cmap.match("cc" if kind == midi.CONTROL else "note", number, ch)
 
     def command(self, name: str, *args: Any) -> None:
         """A performer's command: ``panic``, ``next``, ``mode`` [name, None: cycle],
         ``temperature`` factor, ``set`` action value, ``rate`` +1/-1."""
-        self.stats["commands"] += 1
-        now = self._now
+        eng = self.engine
+        eng.stats["commands"] += 1
         if name == "panic":
             log.info("panic: ending every note")
-            self._end_everything(now)
-            self._reset_phrase()
-            self.held.clear()  # a note-off lost on the way must not keep the phrase open
+            eng.panic()
         elif name == "next":
-            self.request_swap("next")
+            eng.request_swap("next")
         elif name == "mode":
-            mode = args[0] if args and args[0] else MODES[(MODES.index(self.mode) + 1) % len(MODES)]
-            self.set_mode(mode)
+            mode = args[0] if args and args[0] else MODES[(MODES.index(eng.mode) + 1) % len(MODES)]
+            eng.set_mode(mode)
         elif name == "temperature":
-            t = (self.controls["temperature"] or 1.0) * float(args[0])
-            self._set_control("temperature", round(max(0.1, min(2.0, t)), 3))
+            t = (self.values["temperature"] or 1.0) * float(args[0])
+            self.set("temperature", round(max(0.1, min(2.0, t)), 3))
         elif name == "set":
-            self._set_control(args[0], args[1])
+            self.set(args[0], args[1])
         elif name == "rate":
-            self.rate(int(args[0]))
+            eng.rate(int(args[0]))
         else:
             log.warning("unknown command %r ignored", name)
 
-    def set_mode(self, mode: str) -> None:
-        if mode == self.mode:
-            return
-        if mode != "thru" and self.gen is not None and mode not in self.gen.modes:
-            log.warning("mode '%s' refused: generator '%s' supports %s (keeping '%s')", mode,
-                        self.gen_name, ", ".join(sorted(self.gen.modes)), self.mode)
-            self._echo("mode")
-            return
-        self._end_everything(self._now)
-        self._reset_phrase()
-        log.info("mode: %s -> %s", self.mode, mode)
-        self.mode = mode
-        self._marker(f"mode {mode}")
-        self._echo("mode")
-        if mode != "thru" and self.gen is None and not self._fallback_thru:
-            # Started in thru: no generator was loaded.  Load the configured one; until it
-            # is ready (or if it cannot play this mode) what is played passes through.
-            name = self.cfg["engine"]["generator"]
-            log.info("mode %s: loading generator '%s' (playing thru until it is ready)", mode, name)
-            self._fallback_thru = True
-            self.request_swap(name)
-
-    def _set_control(self, action: str, value: float, echo: bool = True) -> None:
-        self.controls[action] = value
+    def set(self, action: str, value: float, echo: bool = True) -> None:
+        self.values[action] = value
         if action == "length":
-            n, b = self._base_length
-            self.max_notes = max(1, round(n * value))
-            self.max_beats = max(0.25, b * value)
+            self.engine.set_length(value)
         if echo:
-            self._echo(action)
+            self.echo(action)
 
-    def _mapped(self, b: "Binding", kind: int, value: int, ch: int) -> None:
+    def channel_message(self, kind: int, msg: tuple[int, ...]) -> bool:
+        """A program change or the next-generator CC on the control channel (consumed)."""
+        if kind == midi.PROGRAM and self.program_change:
+            self.engine.request_swap(msg[1])
+            return True
+        if kind == midi.CONTROL and self.next_cc is not None and msg[1] == self.next_cc:
+            if msg[2] >= 64:
+                self.engine.request_swap("next")
+            return True
+        return False
+
+    def mapped(self, b: Binding, kind: int, value: int) -> None:
         """A mapped knob, fader or pad moved."""
+        eng = self.engine
         if b.action in TRIGGERS:
             pressed = value > 0 if kind == midi.NOTE_ON else kind == midi.CONTROL and value >= 64
             if not pressed:
                 return
             if b.action == "rate_good" or b.action == "rate_bad":
-                self.rate(1 if b.action == "rate_good" else -1)
+                eng.rate(1 if b.action == "rate_good" else -1)
             else:
                 self.command(b.action)
             return
         if kind != midi.CONTROL:
             return  # continuous actions read CCs; a note mapped to one only consumes itself
         if b.action == "mode":
-            self.set_mode(MODES[pick(value, len(MODES))])
+            eng.set_mode(MODES[pick(value, len(MODES))])
         elif b.action == "generator":
-            names = self.host.names()
+            names = eng.host.names()
             if names:
-                self.request_swap(pick(value, len(names)))
+                eng.request_swap(pick(value, len(names)))
         else:  # (no echo back to the knob being turned)
-            self._set_control(b.action, scale(b.action, value), echo=False)
+            self.set(b.action, scale(b.action, value), echo=False)
 
-    def _echo(self, action: str) -> None:
+    def echo(self, action: str) -> None:
         """Show the current value of ``action`` on its mapped CC (controller LEDs)."""
-        if not self.echo:
+        if not self.echo_on:
             return
         b = self.cmap.binding(action)
         if b is None or b.kind != "cc":
             return
+        eng = self.engine
         if action == "mode":
-            value = choice_value(MODES.index(self.mode), len(MODES))
+            value = choice_value(MODES.index(eng.mode), len(MODES))
         elif action == "generator":
-            names = self.host.names()
-            if self.gen_name not in names:
+            names = eng.host.names()
+            if eng.gen_name not in names:
                 return
-            value = choice_value(names.index(self.gen_name), len(names))
+            value = choice_value(names.index(eng.gen_name), len(names))
         else:
-            q = self.controls[action]
+            q = self.values[action]
             value = unscale(action, 1.0 if q is None else q)
-        ch = self.control_channel if b.channel is None else b.channel
-        self.sched.message(self._now, (midi.CONTROL | ch, b.number, value), CONTROL)
-        self.sched.pump(self._now)
-
-    def rate(self, rating: int) -> None:
-        """The performer marks the last answer good (+1) or bad (-1)."""
-        if self._last is None or not self._last[1]:
-            self._warn_once("rate_nothing", "rating ignored: no answer has been played yet")
-            return
-        prompt, notes = self._last
-        if prompt is None:  # accompaniment: the notes played most recently
-            prompt = tuple(self.phrase)[-8:]
-        ctx = self._call(self.gen.rating_context) if self.gen is not None else None
-        record = {
-            "rating": rating, "generator": self.gen_name, "mode": self.mode,
-            "bpm": round(self.bpm(self._now), 3), "context": dict(ctx or {}),
-            "phrase": [[e.pitch, e.velocity, round(e.beat, 4)] for e in prompt],
-            "answer": [[n.pitch, n.velocity, round(n.start, 4),
-                        None if n.duration is None else round(n.duration, 4)] for n in notes],
-        }
-        self.stats["ratings"] += 1
-        log.info("rated the last answer %s (%d notes)", "good" if rating > 0 else "bad", len(notes))
-        self._marker("rating " + ("good" if rating > 0 else "bad"))
-        if self.on_rating is not None:
-            self.on_rating(record)
-
-    def _marker(self, text: str) -> None:
-        if self.recorder is not None:
-            self.recorder.marker(self._now, text)
+        ch = self.channel if b.channel is None else b.channel
+        eng.send_control((midi.CONTROL | ch, b.number, value))

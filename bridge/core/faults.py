@@ -1,6 +1,7 @@
 """Calling a generator safely: errors, time budgets, and when to give up on it.
 
-Every call the engine makes into a plugin goes through :class:`PluginGuard`.  A call that
+Every call the engine makes into a plugin goes through :class:`PluginGuard` (held by
+:class:`midi_bridge.core.slot.GeneratorSlot`).  A call that
 raises is reported (``on_error``) and marks the generator *failed*; the engine then
 replaces it, between events, by the previous generator or by thru.  With a
 :class:`midi_bridge.runtime.watchdog.Watchdog` attached (the live bridge attaches one), a call that
@@ -29,6 +30,9 @@ class PluginGuard:
         self.max_overruns = max_overruns
         self.watchdog = watchdog
         self.on_error: Callable[[str, BaseException], None] = lambda where, e: None
+        #: Called before every generator call (the engine sends what is due: what is played
+        #: goes out before any generator work).
+        self.before: Callable[[], None] | None = None
         self.failed = False      # the current generator raised
         self.in_a_row = 0        # consecutive overruns of one of its calls (other calls
         self._over_where = ""    # in between, e.g. fast observes, do not reset it)
@@ -46,6 +50,8 @@ class PluginGuard:
 
     def call(self, fn: Callable, *args: Any) -> Any:
         """``fn(*args)``, or None if it raised or overran its budget."""
+        if self.before is not None:
+            self.before()
         wd = self.watchdog
         try:
             if wd is None:
@@ -64,6 +70,8 @@ class PluginGuard:
     def next(self, it: Any) -> Any:
         """The next item of a generator's iterator, :data:`DONE` at its end, or
         :data:`FAILED` when it raised or overran (reported like :meth:`call`)."""
+        if self.before is not None:
+            self.before()
         wd = self.watchdog
         try:
             if wd is None:

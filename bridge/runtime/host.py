@@ -2,7 +2,7 @@
 
 A swap never stalls input: the new generator is constructed (an RNN may load a
 checkpoint) on a loader thread while the engine keeps playing with the current one; when
-it is ready the loader posts it to the engine's queue and the engine switches over
+it is ready the loader posts it to the engine's queue (a :class:`~midi_bridge.core.messages.Swap`) and the engine switches over
 between two events (ending every sounding note first).  Constructed generators are kept,
 so swapping back is instant.  In simulated time (render, tests) construction is inline.
 """
@@ -14,6 +14,7 @@ import threading
 from typing import Any, Callable, Mapping
 
 from . import discovery
+from midi_bridge.core.messages import Swap
 from midi_bridge.plugin import Generator, PluginError
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 class GeneratorHost:
     def __init__(self, settings: Mapping[str, Mapping[str, Any]], order: list[str] | None = None,
                  plugins: dict[str, discovery.PluginInfo] | None = None,
-                 post: Callable[[tuple], None] | None = None) -> None:
+                 post: Callable[[Swap], None] | None = None) -> None:
         self.plugins = plugins if plugins is not None else discovery.discover()
         self.settings = settings
         #: Order used by program change (index) and "next": config order, else by name.
@@ -81,7 +82,7 @@ class GeneratorHost:
             if self._post is None:
                 on_ready(name, gen, err)
             else:
-                self._post(("swap", name, gen, err))
+                self._post(Swap(name, gen, err))
 
         if self._post is None:
             work()

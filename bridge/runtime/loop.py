@@ -1,6 +1,6 @@
 """The engine thread: the one thread that owns the generator and the output.
 
-Input callbacks only put ``(t_ns, source, data)`` on a queue.  This thread blocks on that
+Input callbacks only put an :class:`~midi_bridge.core.messages.Input` on a queue.  This thread blocks on that
 queue until the next input or the engine's next deadline, whichever is first (no busy
 loop), hands every item to the engine and sends what is due.  If the engine raises (a
 bug, not a plugin error: those are caught inside), it ends every sounding note and
@@ -16,14 +16,13 @@ import threading
 import time
 
 from midi_bridge.core.engine import Engine
+from midi_bridge.core.messages import STOP
 
 log = logging.getLogger(__name__)
 
-STOP = ("stop",)
-
 
 class EngineThread(threading.Thread):
-    def __init__(self, engine: Engine, inbox: "queue.SimpleQueue[tuple]", drain_s: float = 0.06,
+    def __init__(self, engine: Engine, inbox: queue.SimpleQueue, drain_s: float = 0.06,
                  realtime: bool = False, stop_timeout_s: float | None = None) -> None:
         super().__init__(name="engine", daemon=True)
         self.realtime = realtime

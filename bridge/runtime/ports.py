@@ -1,14 +1,12 @@
-"""MIDI backends and ports through python-rtmidi.
+"""The bridge's MIDI ports through python-rtmidi (backends: :mod:`.backends`).
 
-Backends: ``alsa`` and ``jack`` (Linux), ``coremidi`` (macOS), ``winmm`` (Windows), and
-``auto``, which tries what this platform has in order and logs which one it picked.  The
-bridge opens a virtual input and a virtual output port (where the backend has virtual
+The bridge opens a virtual input and a virtual output port (where the backend has virtual
 ports) plus optional extra ports matched by a substring of their name: a hardware
 controller to listen to, a synth to play.
 
 Input callbacks run on the backend's thread: they stamp the arrival time
-(``time.perf_counter_ns``; mido's rtmidi backend drops RtMidi's timestamps), put one tuple
-on the engine's queue and return.  An exception in a callback would vanish inside
+(``time.perf_counter_ns``; mido's rtmidi backend drops RtMidi's timestamps), put one
+:class:`~midi_bridge.core.messages.Input` on the engine's queue and return.  An exception in a callback would vanish inside
 rtmidi, so it is caught and logged.
 
 Ports come and go while the bridge runs: an extra port that is missing at start is waited
@@ -19,109 +17,24 @@ re-created after a server restart.  :class:`midi_bridge.runtime.supervise.PortSu
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-import os
 import re
-import sys
 import threading
 import time
 from typing import Callable
 
 import rtmidi
 
+from midi_bridge.core.messages import Input
+
+from .backends import (APIS, FIXES, LOOPMIDI, VIRTUAL, BackendError, choose, close_midi,
+                       list_ports, platform_order, probe)
+
 log = logging.getLogger(__name__)
 
-APIS = {
-    "alsa": rtmidi.API_LINUX_ALSA,
-    "jack": rtmidi.API_UNIX_JACK,
-    "coremidi": rtmidi.API_MACOSX_CORE,
-    "winmm": rtmidi.API_WINDOWS_MM,
-}
-VIRTUAL = {"alsa", "jack", "coremidi"}
-LOOPMIDI = ("Windows has no virtual MIDI ports: create two ports with loopMIDI "
-            "(https://www.tobias-erichsen.de/software/loopmidi.html), e.g. 'midi-bridge in' and "
-            "'midi-bridge out', and list them under ports.extra_inputs / ports.extra_outputs")
-FIXES = {
-    "alsa": "load the ALSA sequencer (sudo modprobe snd-seq) or pick another backend",
-    "jack": "start a JACK server (on a headless box: jackd -d dummy &) or pick another backend",
-    "coremidi": "CoreMIDI is only on macOS",
-    "winmm": "WinMM is only on Windows",
-}
-
-
-class BackendError(RuntimeError):
-    """No usable backend or port; ``str()`` says what to do.  The CLI exits with code 2."""
-
-
-def platform_order() -> list[str]:
-    if sys.platform.startswith("linux"):
-        return ["alsa", "jack"]
-    if sys.platform == "darwin":
-        return ["coremidi", "jack"]
-    if sys.platform.startswith("win"):
-        return ["winmm"]
-    return ["jack", "alsa"]
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence what libjack/libasound print on fd 2 while probing (they do not raise)."""
-    try:
-        fd = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(fd, 2)
-        os.close(fd)
-
-
-def probe(backend: str) -> str:
-    """'' if ``backend`` works here, else the reason it does not."""
-    api = APIS[backend]
-    if api not in rtmidi.get_compiled_api():
-        return "not compiled into this python-rtmidi build"
-    try:
-        with _quiet_stderr():
-            m = rtmidi.MidiIn(api, name="midi-bridge-probe")
-            m.delete()
-        return ""
-    except Exception as e:  # noqa: BLE001 - rtmidi raises its own SystemError
-        return str(e).strip() or type(e).__name__
-
-
-def choose(backend: str) -> str:
-    """Resolve ``auto``; raise :class:`BackendError` naming every failure and its fix."""
-    candidates = platform_order() if backend == "auto" else [backend]
-    reasons = []
-    for name in candidates:
-        why = probe(name)
-        if not why:
-            if backend == "auto":
-                log.info("backend: %s (auto; tried %s)", name, ", ".join(candidates))
-            return name
-        reasons.append(f"{name}: {why} -> {FIXES[name]}")
-    raise BackendError("no MIDI backend works here. " + "; ".join(reasons) +
-                       ". Run 'midi-bridge doctor' for details.")
-
-
-def list_ports(backend: str) -> tuple[list[str], list[str]]:
-    """(inputs we can listen to, outputs we can send to) for ``backend``."""
-    with _quiet_stderr():
-        mi = rtmidi.MidiIn(APIS[backend], name="midi-bridge-list")
-        mo = rtmidi.MidiOut(APIS[backend], name="midi-bridge-list")
-    try:
-        return list(mi.get_ports()), list(mo.get_ports())
-    finally:
-        mi.delete()
-        mo.delete()
-
+#: (what the backends module holds is re-exported: callers import it from here too)
+__all__ = ["APIS", "FIXES", "LOOPMIDI", "VIRTUAL", "BackendError", "choose", "close_midi", "list_ports",
+           "platform_order", "probe", "SEND_BUDGET", "Slot", "Ports", "missing_message", "open_ports"]
 
 def _is_through(name: str) -> bool:
     return "midi through" in name.lower()
@@ -167,7 +80,7 @@ class Ports:
     """
 
     def __init__(self, backend: str, client_name: str = "midi-bridge",
-                 put: Callable[[tuple], None] | None = None) -> None:
+                 put: Callable[[Input], None] | None = None) -> None:
         self.backend = backend
         self.api = APIS[backend]
         self.client_name = client_name
@@ -252,7 +165,7 @@ class Ports:
 
         def callback(event, _data=None):
             try:
-                put((now(), index, event[0]))
+                put(Input(now(), index, event[0]))
             except Exception:  # noqa: BLE001 - would vanish inside rtmidi otherwise
                 self.callback_errors += 1
                 log.exception("MIDI input callback failed")
@@ -286,7 +199,7 @@ class Ports:
                     if slot.virtual:
                         slot.midi = m = self._new(slot)
                         m.open_virtual_port(slot.spec)
-                        slot.name = _own_port_name(m, slot.spec)
+                        slot.name = slot.spec  # (others see it as client:port; is_own matches it)
                         slot.seen = True
                 for output in sorted({s.output for s in self.extras()}):
                     cls = rtmidi.MidiOut if output else rtmidi.MidiIn
@@ -380,36 +293,6 @@ class Ports:
         return "; ".join(n for n in names or () if not _is_through(n) and not self.is_own(n)) or "none"
 
 
-#: The (callback, data) tuples of the inputs deleted so far (a few per port re-open).
-_CALLBACKS_KEPT: list = []
-#: How long a deleted input waits, GIL released, for a callback already under way.
-CALLBACK_GRACE_S = 0.05
-
-
-def close_midi(m) -> None:
-    """Close and delete a python-rtmidi MidiIn or MidiOut (and its backend client), safely
-    while MIDI is still arriving (the bridge's ports, the benchmark's and the tests' clients)."""
-    if isinstance(m, rtmidi.MidiIn):
-        # RtMidi's JACK thread takes the callback, then waits for the GIL (held here) to
-        # call it.  python-rtmidi's cancel_callback frees the (callback, data) tuple that
-        # thread is about to use (a crash), and deleting the client cancels that thread
-        # while it waits for the GIL (a hang): both seen when closing while MIDI streams
-        # in.  So keep the tuple, cancel (new events are queued in C, no GIL needed), and
-        # let a callback under way finish before the port and the client go.
-        kept = [r for r in gc.get_referents(m) if type(r) is tuple and len(r) == 2]
-        if kept:  # (a listing client has no callback)
-            _CALLBACKS_KEPT.extend(kept)
-            with contextlib.suppress(Exception):
-                m.cancel_callback()
-            time.sleep(CALLBACK_GRACE_S)
-    with contextlib.suppress(Exception):
-        m.close_port()
-    # delete() closes the backend client itself: an ALSA virtual port goes away, and
-    # JACK is not left with a client that never finished (which stalls its graph).
-    with contextlib.suppress(Exception):
-        m.delete()
-
-
 def missing_message(slot: Slot, available: str) -> str:
     return (f"no MIDI {slot.what} port matches '{slot.spec}' (available: {available}). "
             f"Check the device is connected and switched on (or the program is running), "
@@ -418,7 +301,7 @@ def missing_message(slot: Slot, available: str) -> str:
 
 def open_ports(backend: str, client_name: str, in_name: str, out_name: str,
                extra_inputs: list[str], extra_outputs: list[str],
-               put: Callable[[tuple], None], wait_for_missing: bool = False) -> Ports:
+               put: Callable[[Input], None], wait_for_missing: bool = False) -> Ports:
     """Open virtual in/out (where possible) and the extra ports; wire inputs to ``put``.
 
     An extra port that matches nothing raises :class:`BackendError`, or with
@@ -452,9 +335,3 @@ def open_ports(backend: str, client_name: str, in_name: str, out_name: str,
         raise BackendError(f"could not open MIDI ports on {backend}: {e}. "
                            f"{FIXES.get(backend, '')}") from None
     return ports
-
-
-def _own_port_name(m, port: str) -> str:
-    """The name of a port we created.  Others see it as 'client:port', and JACK may have
-    renamed the client ('midi-bridge' -> 'midi-bridge-01'), so ours are matched by port name."""
-    return port

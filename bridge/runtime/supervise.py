@@ -1,9 +1,9 @@
 """Port supervision: extra ports that come and go, and (JACK) a server restart.
 
 :class:`PortSupervisor` is a thread that wakes every ``interval_s`` (0.25 s), off the hot
-path: the engine thread never waits for it, and input callbacks keep putting
-``(t_ns, source, data)`` on the engine's queue with the same source index before and after a
-re-open.
+path: the engine thread never waits for it, and input callbacks keep putting their
+:class:`~midi_bridge.core.messages.Input` on the engine's queue with the same port index
+before and after a re-open.
 
 * **Extra ports** (``ports.extra_inputs`` / ``extra_outputs``).  A separate rtmidi client
   used only for listing (``<client>-watch``) is asked for the port names each round.  An
@@ -20,8 +20,8 @@ re-open.
   output of a dead server takes RtMidi one second, holding the GIL), and no client is
   opened until the server is back; then the virtual ports are re-created with the same
   names, the extra ports re-connected as they appear, and the engine is asked for a panic
-  (``("cmd", "panic")`` on its inbox) so that every note it had sounding is ended on the
-  new connection.
+  (:data:`~midi_bridge.core.messages.PANIC` on its inbox) so that every note it had
+  sounding is ended on the new connection.
 
 Where the server cannot be watched (no jackd2 registry: macOS, PipeWire's JACK, a server
 of another user) a server that goes away is not noticed, and the first send that finds
@@ -41,12 +41,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from midi_bridge.core.messages import PANIC, Command
+
 from . import jack
 from .ports import Ports
 
 log = logging.getLogger(__name__)
-
-PANIC = ("cmd", "panic")
 
 
 class JackWatch:
@@ -106,7 +106,7 @@ class PortSupervisor:
     """
 
     def __init__(self, ports: Ports, interval_s: float = 0.25,
-                 post: Callable[[tuple], None] | None = None,
+                 post: Callable[[Command], None] | None = None,
                  watch: "JackWatch | None | bool" = None, watchdog_s: float = 15.0) -> None:
         self.ports = ports
         self.interval_s = interval_s

@@ -14,9 +14,9 @@ torn - its time from one sample, its latency from the one it replaced.  That aff
 most a few samples of thousands in a percentile for display, so it is accepted rather
 than paid for with a lock on the engine's path.
 
-:func:`snapshot` reads the engine's public state from another thread the same way: only
-reads of single attributes, ``len()`` of containers and a copy of the stats dict (all
-atomic under the GIL), never iteration over a set or dict the engine mutates.
+:func:`snapshot` reads the engine's state from another thread through the engine's own
+read-only view (:meth:`midi_bridge.core.engine.Engine.snapshot`: single attribute reads,
+``len()`` of containers and copies of the stats and controls, all atomic under the GIL).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class Snapshot:
     latency_count: int = 0
     late: int | None = None            # messages sent late (when the scheduler counts them)
     late_max_ms: float = 0.0           # worst lateness of any message sent
-    dropped: int | None = None         # messages dropped (when the scheduler counts them)
+    dropped: int | None = None         # messages dropped while no output was connected (Ports)
     errors: dict[str, int] = field(default_factory=dict)  # non-zero problem counters
     temperature: float | None = None
     density: float | None = None
@@ -132,60 +132,55 @@ PROBLEMS = ("malformed", "echoes", "plugin_errors", "bad_notes")
 
 
 def phrase_state(engine: Any, now_ns: int) -> str:
-    """idle | playing | waiting for silence | answering (from the engine's public state)."""
-    if getattr(engine, "_answer", None) is not None or now_ns < getattr(engine, "_cont_until", 0):
-        return "answering"
-    if engine.held:
-        return "playing"
-    if engine.mode == "continue" and engine.phrase_notes and engine.gen is not None:
-        return "waiting for silence"
-    return "idle"
+    """idle | playing | waiting for silence | answering (from the engine's snapshot)."""
+    return engine.snapshot(now_ns).phrase
 
 
 def snapshot(engine: Any, ports: Any = None, window: LatencyWindow | None = None,
              now_ns: int | None = None, thread: Any = None) -> Snapshot:
-    """Read the engine's state (from any thread; see the module's note on thread-safety).
+    """Read the engine's state (from any thread): its :meth:`~midi_bridge.core.engine.Engine.snapshot`.
 
-    ``ports`` is the open :class:`midi_bridge.runtime.ports.Ports` (names, callback errors), ``window``
-    the :class:`LatencyWindow` the engine writes (default: ``engine.latency``), ``thread``
-    the :class:`midi_bridge.runtime.loop.EngineThread` (engine errors); each may be None.
+    ``ports`` is the open :class:`midi_bridge.runtime.ports.Ports` (names, callback errors,
+    messages dropped while no output was connected), ``window`` the :class:`LatencyWindow`
+    the engine writes (default: the engine's own), ``thread`` the
+    :class:`midi_bridge.runtime.loop.EngineThread` (engine errors); each may be None.
     """
     now = time.perf_counter_ns() if now_ns is None else now_ns
-    sched = engine.sched
-    stats = dict(engine.stats)
-    clocked = engine._clocked(now)
-    controls = getattr(engine, "controls", None) or {}
+    view = engine.snapshot(now)
+    stats, controls = view.stats, view.controls
     snap = Snapshot(
         now_ns=now,
-        generator=engine.gen_name,
-        mode=engine.mode,
-        clock="midi" if clocked else "internal",
-        transport=("running" if engine.sync.running else "stopped") if clocked else None,
-        bpm=float(engine.bpm(now)),
-        phrase=phrase_state(engine, now),
-        phrase_notes=engine.phrase_notes,
-        held=len(engine.held),
-        sounding=len(sched.sounding),
-        pending=sched.pending(),
+        generator=view.generator,
+        mode=view.mode,
+        clock="midi" if view.clocked else "internal",
+        transport=view.transport,
+        bpm=view.bpm,
+        phrase=view.phrase,
+        phrase_notes=view.phrase_notes,
+        held=view.held,
+        sounding=view.sounding,
+        pending=view.pending,
         events_in=stats.get("events_in", 0),
         notes_in=stats.get("notes_in", 0),
-        notes_out=getattr(sched, "notes_out", None),
-        sent=sched.sent,
+        notes_out=view.notes_out,
+        sent=view.sent,
         answers=stats.get("answers", 0),
-        late=getattr(sched, "late", None),
-        late_max_ms=getattr(sched, "late_ns_max", 0) / NS_PER_MS,
-        dropped=getattr(sched, "dropped", None),
+        late=view.late,
+        late_max_ms=view.late_ns_max / NS_PER_MS,
         temperature=controls.get("temperature"),
         density=controls.get("density"),
         length=controls.get("length"),
         stats=stats,
+        recording=view.recording,
+        recording_error=view.recording_error,
     )
     if ports is not None:
         snap.backend = getattr(ports, "backend", "")
         snap.in_ports = list(getattr(ports, "in_names", ()))
         snap.out_ports = list(getattr(ports, "out_names", ()))
+        snap.dropped = getattr(ports, "dropped", None)
     if window is None:
-        window = getattr(engine, "latency", None)
+        window = view.latency
     if window is not None:
         snap.p50_ms, snap.p99_ms, snap.latency_count = window.percentiles(now)
     errors = {k: stats[k] for k in PROBLEMS if stats.get(k)}
@@ -194,8 +189,4 @@ def snapshot(engine: Any, ports: Any = None, window: LatencyWindow | None = None
     if thread is not None and getattr(thread, "crashes", 0):
         errors["engine_errors"] = thread.crashes
     snap.errors = errors
-    recorder = getattr(engine, "recorder", None)
-    if recorder is not None:
-        snap.recording = str(getattr(recorder, "path", "") or "") or None
-        snap.recording_error = getattr(recorder, "error", None)
     return snap

@@ -7,13 +7,13 @@ generator, mode, clock source and tempo, phrase state, notes in/out, latency p50
 over ``status.window_s``, late/dropped messages, temperature - with the last log lines
 at the bottom (log records go to a small ring while the screen is up, not over it).
 
-Keys never touch the engine: each puts a command on the engine's inbox, handled by the
-engine thread between two events:
+Keys never touch the engine: each puts a :class:`~midi_bridge.core.messages.Command` on
+the engine's inbox, handled by the engine thread between two events:
 
-* ``p`` panic, end every note: ``("cmd", "panic")``
-* ``n`` next generator: ``("cmd", "next")``
-* ``m`` mode continue -> accompany -> thru: ``("cmd", "mode", None)`` (None: cycle)
-* ``+`` (or ``=``) / ``-`` temperature x1.25 / /1.25: ``("cmd", "temperature", factor)``
+* ``p`` panic, end every note: ``Command("panic")``
+* ``n`` next generator: ``Command("next")``
+* ``m`` mode continue -> accompany -> thru: ``Command("mode", (None,))`` (None: cycle)
+* ``+`` (or ``=``) / ``-`` temperature x1.25 / /1.25: ``Command("temperature", (factor,))``
 * ``q`` quit, like Ctrl-C: the engine thread's stop item.
 
 Keys are read without blocking: POSIX puts the terminal in cbreak mode (no echo, no
@@ -38,6 +38,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
+from midi_bridge.core.messages import Command
+
 from .stats import LatencyWindow, Snapshot, snapshot
 
 try:
@@ -53,13 +55,13 @@ log = logging.getLogger(__name__)
 
 TEMPERATURE_STEP = 1.25
 #: key -> inbox item (q is handled apart: it stops the engine thread).
-KEYS: dict[str, tuple] = {
-    "p": ("cmd", "panic"),
-    "n": ("cmd", "next"),
-    "m": ("cmd", "mode", None),
-    "+": ("cmd", "temperature", TEMPERATURE_STEP),
-    "=": ("cmd", "temperature", TEMPERATURE_STEP),  # the unshifted '+' key
-    "-": ("cmd", "temperature", 1 / TEMPERATURE_STEP),
+KEYS: dict[str, Command] = {
+    "p": Command("panic"),
+    "n": Command("next"),
+    "m": Command("mode", (None,)),
+    "+": Command("temperature", (TEMPERATURE_STEP,)),
+    "=": Command("temperature", (TEMPERATURE_STEP,)),  # the unshifted '+' key
+    "-": Command("temperature", (1 / TEMPERATURE_STEP,)),
 }
 QUIT = "q"
 HELP = "p panic  n next generator  m mode  +/- temperature  q quit"

@@ -92,7 +92,7 @@ def test_validate_does_not_share_mutable_defaults():
     ({"engine": {"mode": "jam"}}, ["engine.mode", "'jam'", "continue, accompany, thru"]),
     ({"engine": {"output_channel": 0}}, ["engine.output_channel", "an integer from 1 to 16"]),
     ({"engine": {"output_channel": 2.5}}, ["engine.output_channel", "an integer from 1 to 16"]),
-    ({"ports": {"backend": "oss"}}, ["ports.backend", "auto, alsa, jack, coremidi, winmm"]),
+    ({"ports": {"backend": "oss"}}, ["ports.backend", "auto, alsa, jack, jack-rtmidi, coremidi, winmm"]),
     ({"ports": {"client_name": ""}}, ["ports.client_name", "a non-empty string"]),
     ({"ports": {"extra_inputs": "Keystation"}}, ["ports.extra_inputs", "a list of non-empty strings"]),
     ({"input": {"channels": [0]}}, ["input.channels", "'all' or a list of channels 1-16"]),

@@ -17,7 +17,7 @@ import yaml
 
 from midi_bridge.core.modes import MODES  # (the interaction modes, defined once)
 
-BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
+BACKENDS = ("auto", "alsa", "jack", "jack-rtmidi", "coremidi", "winmm")
 
 
 class ConfigError(ValueError):

@@ -44,12 +44,17 @@ def start_engine(cfg: dict[str, Any], inbox: queue.SimpleQueue,
 
 
 def latency_offset_ms(cfg: dict[str, Any], backend: str) -> float:
-    """``output.offset_ms``, with ``auto`` resolved: one period early on JACK, where incoming
-    clock is stamped and outgoing notes leave a period late; 0 on the other backends."""
+    """``output.offset_ms``, with ``auto`` resolved.
+
+    On the native JACK backend input is stamped with its frame and output written at its
+    due frame, so the graph itself says what to compensate (:func:`graph_offset_ms`, after
+    the ports are open): this returns 0 for it.  On python-rtmidi's JACK (``jack-rtmidi``)
+    incoming clock is stamped a period late and every note leaves at the next period's
+    start: answer notes go one period early.  0 on the other backends."""
     value = cfg["output"]["offset_ms"]
     if value != "auto":
         return float(value)
-    if backend != "jack":
+    if backend != "jack-rtmidi":
         return 0.0
     from midi_bridge.runtime.jack import period_ms
     period = period_ms()
@@ -58,6 +63,24 @@ def latency_offset_ms(cfg: dict[str, Any], backend: str) -> float:
         return 0.0
     log.info("latency compensation: answer notes %.2f ms early (one JACK period; output.offset_ms)", period)
     return -period
+
+
+#: How far ahead of its due time the native JACK backend is handed a message: one period
+#: (the process cycle that writes it starts up to a period before its frame) plus this.
+LEAD_MARGIN_NS = 2_000_000
+
+
+def graph_offset_ms(cfg: dict[str, Any], ports: Any) -> float:
+    """``auto`` on the native JACK backend: answer notes early by the graph's latency around
+    our ports (JACK's capture latency into our inputs, playback latency out of our outputs;
+    0 between programs on one JACK server), so they sound on the beat the clock marked."""
+    if cfg["output"]["offset_ms"] != "auto":
+        return float(cfg["output"]["offset_ms"])
+    capture, playback = ports.latency_ns()
+    total = (capture + playback) / 1e6
+    log.info("latency compensation: answer notes %.2f ms early (JACK graph: capture %.2f ms, "
+             "playback %.2f ms; output.offset_ms)", total, capture / 1e6, playback / 1e6)
+    return -total
 
 
 #: Seconds past its budget a generator call may stay blocked (in C code: time.sleep, I/O,
@@ -121,6 +144,10 @@ def run(cfg: dict[str, Any]) -> int:
         host.close()
         raise
     engine.out = p.send
+    if hasattr(p, "send_at"):  # native JACK: messages placed at their frame, handed over early
+        engine.out_at = p.send_at
+        engine.sched.lead_ns = p.period_ns() + LEAD_MARGIN_NS
+        engine.player.offset_ns = round(graph_offset_ms(cfg, p) * 1e6)
     # Re-opens extra ports that come back and survives a JACK restart (bridge/runtime/supervise.py).
     supervisor = PortSupervisor(p, post=inbox.put)
     # Generator calls past engine.plugin_budget_ms are cut short (bridge/core/faults.py).

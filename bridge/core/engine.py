@@ -66,6 +66,7 @@ class Engine:
         self.timeline = Timeline(eng["bpm"], now_ns, config["clock"])
         self.sched = Scheduler(self._emit, burst=out["burst"], rate_per_ms=out["rate_per_ms"],
                                max_note_ns=self.timeline.tempo.beats_to_ns(eng["max_note_beats"]))
+        self.sched.passthrough = THRU  # thru: a note-off for a note nobody sounds passes
         self.guard = FeedbackGuard(int(config["input"]["feedback_window_ms"] * 1e6))
         self.channels = config["input"]["channels"]  # None: all
         self.thru_on: bool = config["thru"]["enabled"]
@@ -361,13 +362,22 @@ class Engine:
 
     # -- output -------------------------------------------------------------------------------
 
+    #: An output that places each message at its due time itself (``out_at(msg, due_ns)``,
+    #: the native JACK backend's); the scheduler then hands messages over ``sched.lead_ns``
+    #: ahead.  None: ``out(msg)`` when due.
+    out_at: Callable[[tuple[int, ...], int], None] | None = None
+
     def _send_due(self) -> None:
         """The one send path: everything due now leaves (as far as the pacing allows)."""
         self.sched.pump(self._now)
 
     def _emit(self, msg: tuple[int, ...]) -> None:
-        self.guard.sent(msg, self._now)
-        self.out(msg)
+        # (an early hand-over still leaves at its due time: the echo comes back after that)
+        self.guard.sent(msg, max(self._now, self.sched.due))
+        if self.out_at is not None:
+            self.out_at(msg, self.sched.due)
+        else:
+            self.out(msg)
 
     def _sent(self, msg: tuple[int, ...], tag: Any) -> None:
         """Scheduler observer (set when recording): who played each message sent."""

@@ -65,6 +65,11 @@ class Scheduler:
         #: Optional ``observer(msg, tag)`` told of every message sent (recording).
         self.observer: Callable[[tuple[int, ...], Tag], None] | None = None
         self.late_ns_max = 0
+        #: Messages leave this long before their deadline, each with it (``due``): for an
+        #: output that writes at the due time itself (the native JACK backend).  0: at it.
+        self.lead_ns = 0
+        #: The deadline of the message being sent (read by ``send``).
+        self.due = 0
 
     # -- scheduling -------------------------------------------------------------------
 
@@ -175,7 +180,7 @@ class Scheduler:
         """When :meth:`pump` next has work: the head's deadline, or when a token is back."""
         if not self._heap:
             return None
-        t = self._heap[0][0]
+        t = self._heap[0][0] - self.lead_ns
         if self._tokens < 1.0 and t <= now:
             return now + int((1.0 - self._tokens) / self._rate) + 1
         return t
@@ -185,8 +190,8 @@ class Scheduler:
         if self._last_refill is not None:
             self._tokens = min(self._burst, self._tokens + (now - self._last_refill) * self._rate)
         self._last_refill = now
-        heap = self._heap
-        while heap and heap[0][0] <= now and self._tokens >= 1.0:
+        heap, lead = self._heap, self.lead_ns
+        while heap and heap[0][0] - lead <= now and self._tokens >= 1.0:
             t, seq, msg, tag, epoch, serial, safety_ns = heapq.heappop(heap)
             if tag is not None and epoch != self._epochs.get(tag, 0):
                 continue  # its owner was ended
@@ -237,7 +242,7 @@ class Scheduler:
         self._tokens -= 1.0
         if mark and msg[0] < 0xF0:
             self.channels_used.add(msg[0] & 0x0F)
-        late = now - due
+        late = now - due if now > due else 0
         if late > self.late_ns_max:
             self.late_ns_max = late
         if late > LATE_NS:
@@ -245,6 +250,7 @@ class Scheduler:
         if msg[0] & 0xF0 == midi.NOTE_ON:
             self.notes_out += 1
         self.sent += 1
+        self.due = due
         self._send(msg)
         if self.observer is not None:
             self.observer(msg, tag)

@@ -1,7 +1,9 @@
 """MIDI backends through python-rtmidi: which work here, and closing rtmidi objects safely.
 
-Backends: ``alsa`` and ``jack`` (Linux), ``coremidi`` (macOS), ``winmm`` (Windows), and
-``auto``, which tries what this platform has in order and logs which one it picked
+Backends: ``alsa`` and ``jack`` (Linux; ``jack`` is the native JACK backend of
+:mod:`.jackports`, ``jack-rtmidi`` python-rtmidi's JACK API), ``coremidi`` (macOS),
+``winmm`` (Windows), and ``auto``, which tries what this platform has in order and logs
+which one it picked
 (:func:`choose`).  :func:`close_midi` deletes a MidiIn or MidiOut while MIDI may still
 arrive.  The bridge's own ports are in :mod:`midi_bridge.runtime.ports`.
 """
@@ -21,17 +23,20 @@ log = logging.getLogger(__name__)
 
 APIS = {
     "alsa": rtmidi.API_LINUX_ALSA,
-    "jack": rtmidi.API_UNIX_JACK,
+    "jack": rtmidi.API_UNIX_JACK,         # probed and listed through rtmidi; opened natively
+    "jack-rtmidi": rtmidi.API_UNIX_JACK,
     "coremidi": rtmidi.API_MACOSX_CORE,
     "winmm": rtmidi.API_WINDOWS_MM,
 }
-VIRTUAL = {"alsa", "jack", "coremidi"}
+VIRTUAL = {"alsa", "jack", "jack-rtmidi", "coremidi"}
+JACK = ("jack", "jack-rtmidi")
 LOOPMIDI = ("Windows has no virtual MIDI ports: create two ports with loopMIDI "
             "(https://www.tobias-erichsen.de/software/loopmidi.html), e.g. 'midi-bridge in' and "
             "'midi-bridge out', and list them under ports.extra_inputs / ports.extra_outputs")
 FIXES = {
     "alsa": "load the ALSA sequencer (sudo modprobe snd-seq) or pick another backend",
     "jack": "start a JACK server (on a headless box: jackd -d dummy &) or pick another backend",
+    "jack-rtmidi": "start a JACK server (on a headless box: jackd -d dummy &) or pick another backend",
     "coremidi": "CoreMIDI is only on macOS",
     "winmm": "WinMM is only on Windows",
 }
@@ -70,6 +75,12 @@ def _quiet_stderr():
 
 def probe(backend: str) -> str:
     """'' if ``backend`` works here, else the reason it does not."""
+    if backend == "jack":
+        try:
+            import jack  # noqa: F401 - JACK-Client, which loads libjack
+        except (ImportError, OSError) as e:
+            return (f"the native JACK backend needs JACK-Client and libjack ({e}): "
+                    "pip install JACK-Client, or use --backend jack-rtmidi")
     api = APIS[backend]
     if api not in rtmidi.get_compiled_api():
         return "not compiled into this python-rtmidi build"

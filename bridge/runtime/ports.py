@@ -308,7 +308,11 @@ def open_ports(backend: str, client_name: str, in_name: str, out_name: str,
     ``wait_for_missing`` logs a warning and stays unconnected (a
     :class:`midi_bridge.runtime.supervise.PortSupervisor` connects it when it appears).
     """
-    ports = Ports(backend, client_name, put)
+    if backend == "jack":  # the native backend: one client, output at its due frame
+        from .jackports import JackPorts
+        ports: Ports = JackPorts(client_name, put)
+    else:
+        ports = Ports(backend, client_name, put)
     virtual = backend in VIRTUAL
     if not virtual and not (extra_inputs and extra_outputs):
         raise BackendError(LOOPMIDI)

@@ -63,7 +63,7 @@ class JackWatch:
 
     @classmethod
     def for_backend(cls, backend: str) -> "JackWatch | None":
-        if backend != "jack":
+        if backend not in ("jack", "jack-rtmidi"):
             return None
         watch = cls(os.environ.get("JACK_DEFAULT_SERVER") or "default")
         if watch.pid is None:
@@ -112,7 +112,7 @@ class PortSupervisor:
         self.interval_s = interval_s
         self.post = post
         self.watch = JackWatch.for_backend(ports.backend) if watch is None else (watch or None)
-        self.watchdog_s = watchdog_s if ports.backend == "jack" else 0.0
+        self.watchdog_s = watchdog_s if ports.backend in ("jack", "jack-rtmidi") else 0.0
         self.down = False              # the JACK server is gone and our clients deleted
         self.restarts = 0              # JACK server restarts survived
         self.reconnects = 0            # extra ports re-opened after they went away

@@ -1,4 +1,5 @@
-"""register(): the model sub-commands; corpus export (with music21); bench model."""
+"""register(): the model sub-commands; corpus export (with music21); bench model (registered
+by the command line beside the other benchmarks)."""
 
 import argparse
 import json
@@ -6,6 +7,7 @@ import json
 import pytest
 import torch
 
+from midi_bridge.commands.cli import main as bridge_cli
 from midi_bridge.model import checkpoint
 from midi_bridge.training.cli import main as model_cli, register
 from midi_bridge.model.encoding import NOTE_SPEC
@@ -16,8 +18,7 @@ def test_register_adds_subcommands():
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command", required=True))
     for argv in (["prepare", "a.mid", "-o", "ds"], ["corpus", "export", "-o", "out"],
-                 ["train", "-d", "ds", "-o", "run"], ["evaluate", "--checkpoint", "c", "--dataset", "d"],
-                 ["bench", "model", "--json"]):
+                 ["train", "-d", "ds", "-o", "run"], ["evaluate", "--checkpoint", "c", "--dataset", "d"]):
         args = parser.parse_args(argv)
         assert callable(args.func)
 
@@ -46,8 +47,8 @@ def test_bench_model_json(tmp_path, capsys):
     from midi_bridge.bench import model as bench
 
     bench.LARGER = ((32, 1), (40, 2))  # keep the test fast
-    assert model_cli(["bench", "model", "--json", "--checkpoint", str(tmp_path / "m.pt"), "--events", "30",
-                      "--long", "400", "--device", "cpu"]) == 0
+    assert bridge_cli(["bench", "model", "--json", "--checkpoint", str(tmp_path / "m.pt"), "--events", "30",
+                       "--long", "400", "--device", "cpu"]) == 0
     res = json.loads(capsys.readouterr().out)
     rows = res["rows"]
     assert {(r["kind"], r["hidden"]) for r in rows} == {(k, h) for k in ("lstm", "gru") for h in (24, 32, 40)}
@@ -58,6 +59,6 @@ def test_bench_model_json(tmp_path, capsys):
         assert r["event_p99_us"] >= r["event_p50_us"] > 0 and r["device"] == "cpu"
     g = res["gan"]  # the shipped GAN's answer bar
     assert g["checkpoint"].endswith("gan.pt") and g["bar_p99_us"] >= g["bar_p50_us"] > 0 and g["bars"] == 300
-    assert model_cli(["bench", "model", "--json", "--checkpoint", str(tmp_path / "m.pt"), "--events", "5",
+    assert bridge_cli(["bench", "model", "--json", "--checkpoint", str(tmp_path / "m.pt"), "--events", "5",
                       "--long", "0", "--device", "cpu", "--gan", "none"]) == 0
     assert "gan" not in json.loads(capsys.readouterr().out)

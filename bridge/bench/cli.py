@@ -1,4 +1,5 @@
-"""The ``bench live`` command line: ``register(bench_subparsers)`` adds it to ``bench``.
+"""The ``bench`` command line: ``register_group(subparsers)`` adds ``bench model``, ``bench
+live`` and ``bench witness`` to ``midi-bridge``.
 
 Stand-alone (until ``midi-bridge bench`` dispatches here): ``python -m midi_bridge.bench.cli
 live [--json] ...`` or ``python -m midi_bridge.bench.live [--json] ...`` (``live`` optional).
@@ -66,6 +67,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
 
+def register_group(subparsers) -> None:
+    """Add ``bench`` (``model``, ``live``, ``witness``) to the ``midi-bridge`` subparsers."""
+    p = subparsers.add_parser("bench", help="benchmarks (not timed tests)")
+    sub = p.add_subparsers(dest="bench_command", required=True)
+    b = sub.add_parser("model", help="per-event cost of LSTM/GRU steps: p50/p99, event 100 vs 100,000")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--checkpoint", help="the shipped model (default: the melody default)")
+    b.add_argument("--events", type=int, default=2000, help="events per row for p50/p99")
+    b.add_argument("--long", type=int, default=100_000, help="session length for the event-100 vs N figure")
+    b.add_argument("--device", default="all", help="cpu, cuda, or all available")
+    b.add_argument("--int8", action="store_true", help="also rows with int8 weights")
+    b.add_argument("--notochord", action="store_true", help="also time notochord's feed+query if installed")
+    b.add_argument("--gan", help="the GAN checkpoint whose answer bar is timed (default: the shipped gan.pt; "
+                                 "'none': skip)")
+    b.set_defaults(func=cmd_model)
+    register(sub)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """``bench model`` (the model library is imported only when it runs)."""
+    from midi_bridge.model.checkpoint import CheckpointError
+
+    from . import model
+    try:
+        return int(model.cmd_bench(args) or 0)
+    except (FileNotFoundError, ValueError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def register(bench_subparsers) -> None:
     """Add ``live`` and ``witness`` to the ``bench`` command's subparsers."""
     p = bench_subparsers.add_parser("live", help="end-to-end latency through JACK: floor, thru, "
@@ -83,6 +114,9 @@ def register(bench_subparsers) -> None:
     w.add_argument("--bpm", type=float, default=100.0, help="the clock's tempo (default 100)")
     w.add_argument("--generator", default="markov", metavar="NAME", help="generator (default markov)")
     w.add_argument("--seed", type=int, default=1, help="seed of the clock's jitter")
+    w.add_argument("--backends", type=_names, default=("jack",), metavar="LIST",
+                   help="the bridge's JACK backends to measure, e.g. jack,jack-rtmidi (default jack; "
+                        "the target applies to jack)")
     w.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     w.set_defaults(func=cmd_witness)
 
@@ -101,6 +135,13 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"a comma-separated list of numbers, not {text!r}") from None
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not names or any(n not in ("jack", "jack-rtmidi") for n in names):
+        raise argparse.ArgumentTypeError(f"a comma-separated subset of jack,jack-rtmidi, not {text!r}")
+    return names
+
+
 def cmd_witness(args: argparse.Namespace) -> int:
     """Exit 0 when every case met 1 ms, 1 when one missed, 2 when JACK is unusable."""
     from . import jackd, witness
@@ -112,7 +153,8 @@ def cmd_witness(args: argparse.Namespace) -> int:
     try:
         with sigterm_as_interrupt():
             result = witness.run(args.periods, args.jitter, phrases=args.phrases, bpm=args.bpm,
-                                 generator=args.generator, seed=args.seed, progress=progress)
+                                 generator=args.generator, seed=args.seed, progress=progress,
+                                 backends=args.backends)
     except jackd.JackError as e:
         print(f"midi-bridge bench witness: {e}", file=sys.stderr)
         return 2
@@ -121,10 +163,12 @@ def cmd_witness(args: argparse.Namespace) -> int:
     else:
         print(f"answers against the clock's 1/16 grid (jack_midi_dump -a), {result['bpm']:g} bpm, "
               f"{result['generator']}:")
-        print(f"{'period':>7}{'jitter':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'mean ms':>9}{'n':>5}")
+        print(f"{'backend':<12}{'period':>7}{'jitter':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+              f"{'mean ms':>9}{'n':>5}{'xruns':>7}")
         for r in result["rows"]:
-            print(f"{r['period']:>7}{r['jitter_pct']:>7g}%{_ms(r['p50_ms']):>9}{_ms(r['p99_ms']):>9}"
-                  f"{_ms(r['max_ms']):>9}{_ms(r['mean_ms']):>9}{r['n']:>5}")
+            print(f"{r['backend']:<12}{r['period']:>7}{r['jitter_pct']:>7g}%{_ms(r['p50_ms']):>9}"
+                  f"{_ms(r['p99_ms']):>9}{_ms(r['max_ms']):>9}{_ms(r['mean_ms']):>9}{r['n']:>5}"
+                  f"{r['source_xruns']:>7}")
         print(f"target: every answer within {result['target_ms']:g} ms: {'met' if result['met'] else 'MISSED'}")
     return 0 if result["met"] else 1
 

@@ -224,14 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=cmd_doctor)
 
-    try:
-        from midi_bridge.training.cli import register
-    except ImportError:  # the model library is optional at this layer
-        register = None
-    if register is not None:
+    # The model and benchmark commands (their heavy modules load only when one runs).
+    from midi_bridge.bench.cli import register_group as register_bench
+    from midi_bridge.training.cli import register as register_training
+    from midi_bridge.training.gan_cli import register as register_gan
+    from midi_bridge.training.tune_cli import register as register_tune
+    for register in (register_training, register_bench, register_gan, register_tune):
         register(sub)
-        from midi_bridge.training.gan_cli import register as register_gan; register_gan(sub)
-        from midi_bridge.training.tune_cli import register as register_tune; register_tune(sub)
     return parser
 
 

@@ -4,7 +4,6 @@
     midi-bridge corpus export -o DIR [--jobs N]
     midi-bridge train -d DATASET -o RUNDIR [--kind gru|lstm] [--resume] [--seed S] [--export F]
     midi-bridge evaluate --checkpoint C --dataset D [--json] [--theory [--tuned T] [--gan G]]
-    midi-bridge bench model [--json]
 
 Each handler takes the parsed arguments and returns an exit code; heavy modules are
 imported only when their command runs.
@@ -76,6 +75,8 @@ def register(subparsers) -> None:
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without improvement")
     p.add_argument("--batch-events", type=int, default=8192, help="events per batch (padded)")
+    p.add_argument("--accumulate", type=int, default=1, metavar="N",
+                   help="batches per optimizer step and process (the step's batch: N x processes batches)")
     p.add_argument("--max-len", type=int, default=512, help="longest chunk of a piece")
     p.add_argument("--max-minutes", type=float, default=0, help="stop after this much training time")
     p.add_argument("--seed", type=int, default=0)
@@ -108,22 +109,6 @@ def register(subparsers) -> None:
     p.add_argument("--no-bits", action="store_true", help="--theory: skip bits per note")
     plain, theory = _run("midi_bridge.training.evaluate", "cmd_evaluate"), _run("midi_bridge.training.theory_eval", "cmd_theory")
     p.set_defaults(func=lambda a: (theory if a.theory else plain)(a), tuned=None, gan=None)
-
-    p = subparsers.add_parser("bench", help="benchmarks (not timed tests)")
-    sub = p.add_subparsers(dest="bench_command", required=True)
-    b = sub.add_parser("model", help="per-event cost of LSTM/GRU steps: p50/p99, event 100 vs 100,000")
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--checkpoint", help="the shipped model (default: the melody default)")
-    b.add_argument("--events", type=int, default=2000, help="events per row for p50/p99")
-    b.add_argument("--long", type=int, default=100_000, help="session length for the event-100 vs N figure")
-    b.add_argument("--device", default="all", help="cpu, cuda, or all available")
-    b.add_argument("--int8", action="store_true", help="also rows with int8 weights")
-    b.add_argument("--notochord", action="store_true", help="also time notochord's feed+query if installed")
-    b.add_argument("--gan", help="the GAN checkpoint whose answer bar is timed (default: the shipped gan.pt; "
-                                 "'none': skip)")
-    b.set_defaults(func=_run("midi_bridge.bench.model", "cmd_bench"))
-    from midi_bridge.bench.cli import register as register_live
-    register_live(sub)
 
 
 def main(argv=None) -> int:

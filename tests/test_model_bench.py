@@ -78,3 +78,51 @@ def test_int8_rows_are_not_float32_under_another_name(monkeypatch):
     assert [r for r in res["rows"] if r.get("variant") == "int8"] == []
     assert "fbgemm" in res["int8_skipped"]
     assert sum(bool(r.get("default")) for r in res["rows"]) == 1
+
+
+class _PartsStepper(_Stepper):
+    """A fake step with the parts the profiling pass times: on the fake clock the cache
+    costs 2 us, the cells 5, the heads 1 + 3 x 1 and the rest of the event 7."""
+
+    def feed(self, _event) -> None:
+        self._cache_step()
+        self._net()
+        self._head0()
+        self.now += 3e-6
+
+    def sample(self, *_a) -> tuple:
+        for k in (1, 2, 3):
+            self._next(k)
+        self.now += 4e-6
+        return (0, 0, 0, 0)
+
+    def _cache_step(self):
+        self.now += 2e-6
+
+    def _net(self):
+        self.now += 5e-6
+
+    def _head0(self):
+        self.now += 1e-6
+
+    def _next(self, k):
+        self.now += 1e-6
+
+
+def test_profile_parts_splits_the_event(monkeypatch):
+    st = _PartsStepper()
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: st.now)
+    parts = bench.profile_parts(st, 50, warm=5)
+    assert parts == pytest.approx({"cache_us": 2.0, "net_us": 5.0, "heads_us": 4.0, "sample_us": 7.0}, abs=0.11)
+    assert "_net" not in vars(st)  # the wrappers are gone afterwards
+    assert bench.profile_parts(_Stepper(), 5) == {}  # (a stepper without those parts)
+
+
+def test_rows_say_where_the_event_goes(monkeypatch):
+    """Every row reports the network / heads / sampling / in-piece statistics split."""
+    monkeypatch.setattr(bench, "LARGER", ())
+    res = bench.run(events=20, long=0, gan_path="none")
+    assert {r["kind"] for r in res["rows"]} == {"lstm", "gru"}
+    for r in res["rows"]:
+        for key in ("net_us", "heads_us", "sample_us", "cache_us", "params"):
+            assert r[key] >= 0, key

@@ -2,8 +2,12 @@
 sample one note of answer (Notochord's ``feed`` + ``query``) -- for LSTM and GRU at the
 shipped size and two larger ones, on the CPU (one thread) and on CUDA when present.
 
-Rows: ``kind hidden layers device event_p50_us event_p99_us`` (+ ``default: true`` on
-the shipped model's row, which uses its real weights; the others use random weights).
+Rows: ``kind hidden layers device event_p50_us event_p99_us params`` (+ ``default: true``
+on the shipped model's row, which uses its real weights; the others use random weights),
+and where the event's time goes, from a separate profiling pass that times the parts one
+by one (:data:`PARTS`): ``net_us`` (input rows + recurrent cells), ``heads_us`` (the field
+heads and the copy gate), ``sample_us`` (softmax, in-piece mixture, top-p, the draw and
+the Python around them) and ``cache_us`` (the in-piece statistics), medians per event.
 The shipped row also runs one session of ``--long`` events and reports the median cost of
 the 500 events from event 100 on and of the last 500 (``event_100_us``,
 ``event_100000_us``), and the process's resident memory at event 100 and at the end.
@@ -15,6 +19,7 @@ A benchmark, not a timed test.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -72,6 +77,65 @@ def time_events(st, n: int, warm: int = 50) -> np.ndarray:
     return out
 
 
+#: The parts of an event the profiling pass times separately (the stepper's methods):
+#: ``cache_us`` the in-piece statistics (count the event, predict the candidates),
+#: ``net_us`` the input rows and the recurrent cells, ``heads_us`` the field heads
+#: (pre-activations, the prefix rows, the output layers and the copy gate); ``sample_us``
+#: is the rest of the event: softmax, mixture, top-p and the draw, and the Python around.
+PARTS = (("cache_us", ("_cache_step",)), ("net_us", ("_net",)), ("heads_us", ("_head0", "_next", "_head")))
+
+
+def profile_parts(st, n: int, warm: int = 50) -> dict:
+    """Median per-event microseconds of each of :data:`PARTS` and of the rest
+    (``sample_us``) over ``n`` events of :func:`time_events`' loop, the parts timed
+    separately (a wrapper around each method: a profiling pass, not the timed one)."""
+    clock = time.perf_counter
+    acc = {key: 0.0 for key, _ in PARTS}
+    busy = [False]
+    wrapped = []
+    for key, names in PARTS:
+        for name in names:
+            fn = getattr(st, name, None)
+            if fn is None or name in vars(st):
+                continue
+
+            def timed(*a, _fn=fn, _key=key):
+                if busy[0]:  # (a part calling another is timed once, as the outer one)
+                    return _fn(*a)
+                busy[0] = True
+                t0 = clock()
+                try:
+                    return _fn(*a)
+                finally:
+                    acc[_key] += clock() - t0
+                    busy[0] = False
+            setattr(st, name, timed)
+            wrapped.append(name)
+    if not wrapped:
+        return {}
+    parts = {key: np.empty(n) for key, _ in PARTS}
+    rest = np.empty(n)
+    try:
+        st.reset()
+        for i in range(-warm, n):
+            for key in acc:
+                acc[key] = 0.0
+            t0 = clock()
+            st.feed(PLAYED[i % len(PLAYED)])
+            st.sample(0.9, 0.95)
+            total = clock() - t0
+            if i >= 0:
+                for key in acc:
+                    parts[key][i] = acc[key]
+                rest[i] = total - sum(acc.values())
+    finally:
+        for name in wrapped:
+            delattr(st, name)
+    out = {key: round(float(np.median(v)) * 1e6, 1) for key, v in parts.items()}
+    out["sample_us"] = round(float(np.median(rest)) * 1e6, 1)
+    return out
+
+
 def long_session(st, n: int, window: int = 500) -> dict:
     """Medians of the ``window`` events from event 100 on and of the last ``window``
     (never before event 100: a short session's windows overlap instead); memory at event
@@ -113,7 +177,7 @@ def gan_row(path, n: int = 300, warm: int = 20) -> dict | None:
 
     if path is None:
         from midi_bridge.plugin import PluginError
-        from midi_bridge.generators.rnn import resolve_model_path
+        from midi_bridge.model.paths import resolve_model_path
 
         try:
             path = resolve_model_path("gan.pt")
@@ -134,6 +198,36 @@ def gan_row(path, n: int = 300, warm: int = 20) -> dict | None:
     return {"checkpoint": str(path), "device": "cpu", "bars": n,
             "bar_p50_us": round(float(np.percentile(us, 50)), 1),
             "bar_p99_us": round(float(np.percentile(us, 99)), 1)}
+
+
+def harmonizer_row(path, n: int, warm: int = 50) -> dict | None:
+    """The chorale harmonizer's event as the ``rnn`` plugin's accompaniment runs it: sample
+    the voices under a played melody note (``given`` = its dt and pitch), then feed the row."""
+    from pathlib import Path
+
+    from midi_bridge.model import checkpoint
+    from midi_bridge.model.step import Stepper
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    model, _meta, _ = checkpoint.load(path)
+    st = Stepper(model, "cpu", seed=0)
+    st.reset(0)
+    out = np.empty(n)
+    clock = time.perf_counter
+    for i in range(-warm, n):
+        dt, pitch = PLAYED[i % len(PLAYED)][:2]
+        t0 = clock()
+        st.feed(st.sample(0.9, 0.95, given=(dt, pitch)))
+        if i >= 0:
+            out[i] = clock() - t0
+    us = out * 1e6
+    row = {"checkpoint": str(path), "kind": model.cfg.kind, "hidden": model.cfg.hidden, "layers": model.cfg.layers,
+           "device": "cpu", "params": model.n_params(),
+           "event_p50_us": round(float(np.percentile(us, 50)), 1),
+           "event_p99_us": round(float(np.percentile(us, 99)), 1)}
+    return row
 
 
 def notochord_row(n: int) -> dict | None:
@@ -161,18 +255,33 @@ def notochord_row(n: int) -> dict | None:
 
 def run(checkpoint_path=None, events=2000, long=100_000, devices=("cpu",), int8=False, notochord=False,
         log=None, gan_path=None) -> dict:
+    # As the daemon does at start-up (commands/live.py): the start-up objects (torch's, the
+    # modules') leave the cyclic collector's generations, so a full collection in a long
+    # session does not walk them (measured: one such pause of ~130 ms in 20,000 events).
+    gc.collect()
+    gc.freeze()
+    try:
+        return _run(checkpoint_path, events, long, devices, int8, notochord, log, gan_path)
+    finally:
+        gc.unfreeze()
+
+
+def _run(checkpoint_path, events, long, devices, int8, notochord, log, gan_path) -> dict:
     from midi_bridge.model import checkpoint
 
     torch.set_num_threads(1)
     if checkpoint_path is None:
-        from midi_bridge.generators.rnn import resolve_model_path
+        from midi_bridge.model.paths import resolve_model_path
 
         checkpoint_path = resolve_model_path("melody.pt")
     default_model, meta, _ = checkpoint.load(checkpoint_path)
     dcfg = default_model.cfg
     sizes = [(dcfg.hidden, dcfg.layers)] + [s for s in LARGER if s != (dcfg.hidden, dcfg.layers)]
+    from midi_bridge.model import step
+
     rows = []
     int8_skipped = None
+    int8_float = []
     for device in devices:
         for kind in ("lstm", "gru"):
             for hidden, layers in sizes:
@@ -190,9 +299,13 @@ def run(checkpoint_path=None, events=2000, long=100_000, devices=("cpu",), int8=
                     variants.append(("eager", False, False))
                 for label, q, graphs in variants:
                     st = _stepper(model, device, int8=q, graphs=graphs)
-                    if q and all(lin.packed is None for lin in st.w_hh):
-                        # no fbgemm (Apple Silicon, Linux on ARM): the step stayed float32
-                        int8_skipped = "no fbgemm engine in this torch: the step stays float32, no int8 rows"
+                    if q and not getattr(st, "int8", True):
+                        if "fbgemm" not in torch.backends.quantized.supported_engines or \
+                                step._prepack_int8(torch.ones(1, 1), None) is None:
+                            # no fbgemm (Apple Silicon, Linux on ARM): the step stayed float32
+                            int8_skipped = "no fbgemm engine in this torch: the step stays float32, no int8 rows"
+                        else:  # no matrix big enough for int8 to pay: the same step as float32
+                            int8_float.append(f"{kind} {layers}x{hidden}")
                         continue
                     extra = {"default": True} if default and not label else {}
                     if label:
@@ -200,6 +313,8 @@ def run(checkpoint_path=None, events=2000, long=100_000, devices=("cpu",), int8=
                     if device == "cuda":
                         extra["variant"] = label or "cuda-graph"
                     row = _row(kind, hidden, layers, device, time_events(st, events), **extra)
+                    row["params"] = model.n_params()
+                    row.update(profile_parts(st, min(events, 1000)))
                     if default and not label and long:
                         row.update(long_session(st, long))
                     rows.append(row)
@@ -209,12 +324,28 @@ def run(checkpoint_path=None, events=2000, long=100_000, devices=("cpu",), int8=
                           "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
               "checkpoint": str(checkpoint_path), "rows": rows}
+    if int8_float:
+        result["int8_float32_sizes"] = int8_float
+        if log:
+            log(f"int8: no int8 row for {', '.join(int8_float)}: no matrix there has "
+                f"{step.INT8_MIN_SIZE:,} weights, below which float32 is faster (the int8 step is float32)")
     if int8_skipped:
         result["int8_skipped"] = int8_skipped
         if log:
             log(int8_skipped)
+    if "cpu" in devices:
+        from pathlib import Path
+
+        harm = harmonizer_row(Path(checkpoint_path).with_name("chorale-harmonizer.pt"), events)
+        if harm:
+            result["harmonizer"] = harm
+            if log:
+                log(json.dumps({"harmonizer": harm}))
     if notochord:
         result["notochord"] = notochord_row(min(events, 500))
+        dflt = [r for r in rows if r.get("default") and r["device"] == "cpu"]
+        if result["notochord"] and dflt:  # the shipped model's event / Notochord's, this run
+            result["default_vs_notochord_p50"] = round(dflt[0]["event_p50_us"] / result["notochord"]["event_p50_us"], 4)
     if gan_path != "none":
         result["gan"] = gan_row(gan_path)
     return result
@@ -241,9 +372,16 @@ def cmd_bench(args) -> int:
     for r in res["rows"]:
         print(f"{r['kind']:5s} {r['layers']}x{r['hidden']:<5d} {r['device']:6s} {r.get('variant', ''):10s} "
               f"{r['event_p50_us']:8.1f} {r['event_p99_us']:8.1f}{'  (default)' if r.get('default') else ''}")
+        if "net_us" in r:
+            print(f"      parts (p50 us): net {r['net_us']}, heads {r['heads_us']}, sample {r['sample_us']}, "
+                  f"in-piece statistics {r['cache_us']}")
         if "event_100_us" in r:
             last = [k for k in r if k.startswith("event_") and k.endswith("_us") and k[6:-3].isdigit() and k != "event_100_us"]
             print(f"      session: event 100 {r['event_100_us']} us, event {last[0][6:-3]} {r[last[0]]} us")
+    if res.get("harmonizer"):
+        h = res["harmonizer"]
+        print(f"harmonizer ({h['kind']} {h['layers']}x{h['hidden']}), sample voices + feed: "
+              f"p50 {h['event_p50_us']} us, p99 {h['event_p99_us']} us")
     if res.get("notochord"):
         n = res["notochord"]
         print(f"notochord feed+query: p50 {n['event_p50_us']} us, p99 {n['event_p99_us']} us")

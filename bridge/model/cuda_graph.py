@@ -1,12 +1,15 @@
 """The step on a GPU, captured in CUDA graphs (used when ``device`` resolves to CUDA).
 
-Static device buffers hold the event's table-row indices, the sampled prefix, the
-recurrent state, the logits and the copy gates.  One graph replays "input gather + cells
-of every layer + first field's head"; one graph per further field replays its head from
-the prefix buffer.  The host synchronises only to read a field's logits when it samples
-that field's token.  ``graphs=False`` runs the same kernels eagerly (for the benchmark's
-eager-vs-graph comparison).  Nothing here runs without a GPU; the CPU path is
-:class:`midi_bridge.model.step.Stepper`.
+The same precomputed arrays as the CPU :class:`~midi_bridge.model.step.Stepper` (the first
+layer's input table, the stacked head matrices, the folded ``cond`` tables, the output
+layers with the copy gate as one more row), copied to the device.  Static device buffers
+hold the event's table-row indices, the sampled prefix's row indices, the recurrent state
+and the logits.  One graph replays "input gather + cells of every layer + every field's
+head pre-activation + field 0's logits and gate"; one graph per further field replays its
+head from the prefix buffer.  The host synchronises only to read a field's logits when it
+samples that field's token; sampling, the in-piece statistics and snapshot/restore are
+the CPU stepper's.  ``graphs=False`` runs the same kernels eagerly (for the benchmark's
+eager-vs-graph comparison, and for the tests on a CPU).
 """
 
 from __future__ import annotations
@@ -19,61 +22,97 @@ from .step import Stepper
 
 class GraphedStepper(Stepper):
     def __init__(self, model, device="cuda", seed=None, graphs: bool = True, cache_capacity: int = 8192):
+        self._use_graphs = graphs
         super().__init__(model, device=device, int8=False, seed=seed, cache_capacity=cache_capacity)
-        dev, F = self.device, len(self.sizes)
+
+    # -- construction -------------------------------------------------------------------
+    def _build(self, model, int8: bool) -> None:
+        self._tables(model)
+        dev, F, L, H, A = self.device, self.F, self.L, self.H, self.A
+        cuda = dev.type == "cuda"
+        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), device=dev)  # noqa: E731
+        rnn = model.rnn
+        w = lambda name: t(getattr(rnn, name).detach().float().cpu().numpy())  # noqa: E731
         with torch.inference_mode():
-            cand = self.t_cand if self.copy else []
-            parts = list(self.t_inp) + list(cand)
-            if self.copy:
-                parts.append(self.t_feat)
-            parts += [self.t_style, self.t_bos[None, :], torch.zeros_like(self.t_bos)[None, :]]
-            self.table = torch.cat(parts).contiguous()
-            offs = np.cumsum([0] + [p.shape[0] for p in parts])
-            self.off_inp = offs[:F]
-            self.off_cand = offs[F:2 * F] if self.copy else None
-            self.off_feat = offs[2 * F] if self.copy else None
-            self.off_style = offs[len(parts) - 3]
-            self.row_bos, self.row_zero = offs[-3], offs[-2]
-            self.cond_table = torch.cat(self.cond).contiguous() if self.cond else torch.zeros(1, self.H, device=dev)
-            self.off_cond = np.cumsum([0] + [c.shape[0] for c in self.cond])[:-1]
-            n_idx = 2 * F + 2 if self.copy else F + 1
-            self.idx = torch.zeros(n_idx, dtype=torch.long, device=dev)
-            self.host_idx = torch.zeros(n_idx, dtype=torch.long, pin_memory=self.device.type == "cuda")
-            self.prefix = torch.zeros(max(1, F - 1), dtype=torch.long, device=dev)
-            self.host_prefix = torch.zeros(max(1, F - 1), dtype=torch.long, pin_memory=self.device.type == "cuda")
-            self.logits = [torch.zeros(s, device=dev) for s in self.sizes]
-            self.gate_s = torch.zeros((), device=dev)
+            self.table = t(self.table0)
+            self.w_hh_d = [w(f"weight_hh_l{i}") for i in range(L)]
+            self.b_hh_d = [w(f"bias_hh_l{i}") for i in range(L)]
+            self.w_ih_d = [None] + [w(f"weight_ih_l{i}") for i in range(1, L)]
+            self.b_ih_d = [None] + [w(f"bias_ih_l{i}") for i in range(1, L)]
+            if self.lstm:  # layer 0's biases are in the table (both, summed)
+                self.b_hh_d[0] = torch.zeros_like(self.b_hh_d[0])
+            self.w_heads = t(self._w_heads)
+            self.b_heads = t(self._b_heads)
+            self.w_out = [t(m) for m in self._w_out]
+            # field k's prefix rows: [cond_0 W_k^T; ...; cond_{k-1} W_k^T] (from the U tables)
+            self.t_prefix, self.off_prefix = [None], [None]
+            for k in range(1, F):
+                blocks = [u[:, (k - j - 1) * A:(k - j) * A] for j, u in enumerate(self._U_tables[:k])]
+                self.t_prefix.append(t(np.concatenate(blocks)))
+                self.off_prefix.append(np.cumsum([0] + [b.shape[0] for b in blocks])[:-1].tolist())
+            self.idx = torch.zeros(self._n_rows, dtype=torch.long, device=dev)
+            self.host_idx = torch.zeros(self._n_rows, dtype=torch.long, pin_memory=cuda)
+            self.prefix = [None] + [torch.zeros(k, dtype=torch.long, device=dev) for k in range(1, F)]
+            self.host_prefix = [None] + [torch.zeros(k, dtype=torch.long, pin_memory=cuda) for k in range(1, F)]
+            self.h = torch.zeros(L, H, device=dev)
+            self.c = torch.zeros(L, H, device=dev) if self.lstm else None
+            self.pre = torch.zeros(F * A, device=dev)
+            self.act = torch.ones(A + 1, device=dev)  # the last: the output layers' bias column
+            self.logits = [torch.zeros(m.shape[0], device=dev) for m in self._w_out]
+        self._lg_host = [np.zeros(m.shape[0], dtype=np.float32) for m in self._w_out]
+        self._host_ok = [False] * F
         # The host buffers are pinned and copied asynchronously: before one is written
         # again, the copy that reads it must have run (two played notes in a row are two
         # feeds with no sampled token, so no read of the logits, in between).
-        self._uploaded = torch.cuda.Event() if self.device.type == "cuda" else None
+        self._uploaded = torch.cuda.Event() if cuda else None
+        self.w_hh = []  # (no int8 on a GPU)
+        self.int8 = False
         self.graphs = None
-        if graphs:
+        if self._use_graphs:
             self._capture()
 
-    # -- device kernels (captured) ---------------------------------------------------------
+    # -- device kernels (captured) -------------------------------------------------------
+    def _cells(self, x: torch.Tensor) -> None:
+        h, c, H = self.h, self.c, self.H
+        inp = None
+        for i in range(self.L):
+            gi = x if i == 0 else torch.addmv(self.b_ih_d[i], self.w_ih_d[i], inp)
+            gh = torch.addmv(self.b_hh_d[i], self.w_hh_d[i], h[i])
+            if self.lstm:
+                ig, fg, gg, og = (gi + gh).split(H)
+                ci = torch.sigmoid(fg) * c[i] + torch.sigmoid(ig) * torch.tanh(gg)
+                c[i].copy_(ci)
+                h[i].copy_(torch.sigmoid(og) * torch.tanh(ci))
+            else:
+                ir, iz, inn = gi.split(H)
+                hr, hz, hn = gh.split(H)
+                r = torch.sigmoid(ir + hr)
+                z = torch.sigmoid(iz + hz)
+                n = torch.tanh(inn + r * hn)
+                h[i].copy_(n + z * (h[i] - n))
+            inp = h[i]
+
     def _core_step(self) -> None:
-        x = self.table.index_select(0, self.idx).sum(0)
-        self._cells(x)
+        self._cells(self.table.index_select(0, self.idx).sum(0))
+        torch.addmv(self.b_heads, self.w_heads, self.h[self.L - 1], out=self.pre)
         self._core_head(0)
 
     def _core_head(self, k: int) -> None:
-        z = self.h[self.L - 1]
+        A = self.A
+        z = self.pre[k * A:(k + 1) * A]
         if k:
-            z = z + self.cond_table.index_select(0, self.prefix[:k]).sum(0)
-        a = torch.relu(self.head_in[k](z))
-        self.logits[k].copy_(self.head_out[k](a))
-        if self.copy and k == 0:
-            self.gate_s.copy_(torch.dot(self.gate_w, a))
+            z = z + self.t_prefix[k].index_select(0, self.prefix[k]).sum(0)
+        torch.clamp_min(z, 0.0, out=self.act[:A])
+        torch.mv(self.w_out[k], self.act, out=self.logits[k])
 
     def _capture(self) -> None:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        snap = self.snapshot()
+        saved = self._save()
         with torch.inference_mode(), torch.cuda.stream(stream):
             for _ in range(3):  # warm up on the side stream
                 self._core_step()
-                for k in range(1, len(self.sizes)):
+                for k in range(1, self.F):
                     self._core_head(k)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graphs = []
@@ -82,28 +121,13 @@ class GraphedStepper(Stepper):
             with torch.cuda.graph(g):
                 self._core_step()
             graphs.append(g)
-            for k in range(1, len(self.sizes)):
+            for k in range(1, self.F):
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g):
                     self._core_head(k)
                 graphs.append(g)
         self.graphs = graphs
-        self.restore(snap)
-
-    # -- state ----------------------------------------------------------------------------
-    def snapshot(self):
-        """The CPU stepper's snapshot plus the copy gate's device buffer (the graphed step
-        keeps the gate there, not in ``_s``)."""
-        with torch.inference_mode():
-            return super().snapshot() + (self.gate_s.clone(),)
-
-    def restore(self, snap) -> None:
-        super().restore(snap[:-1])
-        with torch.inference_mode():
-            self.gate_s.copy_(snap[-1])
-            if self._l0 is not None:  # field 0's logits back in the static buffer
-                self.logits[0].copy_(self._l0)
-                self._l0 = self.logits[0]
+        self._load(saved)
 
     # -- host side ----------------------------------------------------------------------
     def _upload(self, host: torch.Tensor, dev: torch.Tensor) -> None:
@@ -116,56 +140,72 @@ class GraphedStepper(Stepper):
         if self._uploaded is not None:
             self._uploaded.synchronize()
 
-    def _run_step(self, rows) -> torch.Tensor:
+    def _net(self, rows) -> None:
+        rows = list(rows) + [self._row_zero] * (self._n_rows - len(rows))
         with torch.inference_mode():
             self._host_free()
-            self.host_idx[: len(rows)] = torch.as_tensor([int(r) for r in rows], dtype=torch.long)
+            self.host_idx[:] = torch.as_tensor(rows, dtype=torch.long)
             self._upload(self.host_idx, self.idx)
             if self.graphs:
                 self.graphs[0].replay()
             else:
                 self._core_step()
-        self._l0 = self.logits[0]
-        return self._l0
+        self._host_ok[0] = False
 
-    def _rows(self, event, bos: bool = False):
-        F = len(self.sizes)
-        if bos:
-            rows = [self.row_bos] + [self.row_zero] * (F - 1)
-        else:
-            rows = [int(self.off_inp[k]) + int(v) for k, v in enumerate(event)]
-        if self.copy:
-            cand = self.cands[0] if self.cands else self.sizes
-            rows += [int(self.off_cand[k]) + int(v) for k, v in enumerate(cand)]
-            rows.append(int(self.off_feat) + self.feat)
-        rows.append(int(self.off_style) + self.style)
-        return rows
+    def _head0(self) -> None:
+        pass  # (in the step's graph)
 
-    def reset(self, style: int = 0) -> torch.Tensor:
-        self._clear(style)
-        self.events = 0
-        return self._run_step(self._rows(None, bos=True))
+    def _to_host(self, k: int) -> np.ndarray:
+        if not self._host_ok[k]:
+            self._lg_host[k][:] = self.logits[k].cpu().numpy()
+            self._host_ok[k] = True
+        return self._lg_host[k]
 
-    def feed(self, event) -> torch.Tensor:
-        event = tuple(int(v) for v in event)
-        if self.copy:
-            self.cache.update(event)
-            self.cands, self.q, self.feat = self.cache.predict()
-        self.events += 1
-        return self._run_step(self._rows(event))
+    def _logits0(self) -> np.ndarray:
+        return self._to_host(0)[: self.sizes[0]]
 
-    def field_logits(self, k: int, prefix) -> torch.Tensor:
-        if k:
-            with torch.inference_mode():
-                self._host_free()
-                for j in range(k):
-                    self.host_prefix[j] = int(self.off_cond[j]) + int(prefix[j])
-                self._upload(self.host_prefix, self.prefix)
-                if self.graphs:
-                    self.graphs[k].replay()
-                else:
-                    self._core_head(k)
-        return self.logits[k]
+    def _head(self, k: int, prefix) -> np.ndarray:
+        if k == 0:
+            return self._logits0()
+        with torch.inference_mode():
+            self._host_free()
+            off = self.off_prefix[k]
+            self.host_prefix[k][:] = torch.as_tensor([off[j] + int(prefix[j]) for j in range(k)], dtype=torch.long)
+            self._upload(self.host_prefix[k], self.prefix[k])
+            if self.graphs:
+                self.graphs[k].replay()
+            else:
+                self._core_head(k)
+        self._host_ok[k] = False
+        return self._to_host(k)[: self.sizes[k]]
 
-    def gate_logit(self) -> float:
-        return float(self.gate_s) + self.gate_b + float(self.gate_bias[self.feat]) + self.gate_offset
+    def _next(self, k: int, prefix) -> np.ndarray:
+        return self._head(k, prefix)
+
+    def _gate_raw(self) -> float:
+        return float(self._to_host(0)[self.sizes[0]])
+
+    def _save(self):
+        with torch.inference_mode():
+            return (self.h.clone(), None if self.c is None else self.c.clone(), self.logits[0].clone(),
+                    self.pre.clone())
+
+    def _load(self, saved) -> None:
+        h, c, lg0, pre = saved
+        with torch.inference_mode():
+            self.h.copy_(h)
+            if c is not None:
+                self.c.copy_(c)
+            self.logits[0].copy_(lg0)
+            self.pre.copy_(pre)
+        self._host_ok[0] = False
+
+    def _zero(self) -> None:
+        with torch.inference_mode():
+            self.h.zero_()
+            if self.c is not None:
+                self.c.zero_()
+
+    @property
+    def _l0(self) -> torch.Tensor:
+        return self.logits[0][: self.sizes[0]]

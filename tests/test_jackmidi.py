@@ -61,17 +61,51 @@ def backend(jack_server):
         jm.close()
 
 
-def test_one_client_holds_every_port(backend):
+def test_one_client_holds_the_inputs_and_one_the_outputs(backend):
     jm = backend(inputs=("in", "ctl in"), outputs=("out", "drums out"))
     lsp = subprocess.run(["jack_lsp"], capture_output=True, text=True, timeout=10).stdout.splitlines()
-    mine = sorted(p for p in lsp if p.startswith(jm.name + ":"))
-    assert mine == sorted(f"{jm.name}:{p}" for p in ("in", "ctl in", "out", "drums out")), lsp
+    assert jm.out_name == jm.name + "-out"
+    mine = sorted(p for p in lsp if p.startswith((jm.name + ":", jm.out_name + ":")))
+    assert mine == sorted([f"{jm.name}:in", f"{jm.name}:ctl in",
+                           f"{jm.out_name}:out", f"{jm.out_name}:drums out"]), lsp
+
+
+def test_a_daw_that_feeds_the_bridge_and_records_it_gets_the_answer_on_its_frame(backend, jack_server):
+    """One DAW client, its output into the bridge and the bridge's output into it: were the
+    bridge's ports on one client, that would be a cycle in JACK's graph, which jackd2 breaks
+    by delivering the closing connection a period late (Ardour recorded every answer one
+    period late).  The DAW here is a plain JACK client stamping what it records by frame."""
+    import jack
+
+    seen: list[int] = []
+    daw = jack.Client(unique_client_name("mb-daw"), no_start_server=True, servername=jack_server)
+    rec, play = daw.midi_inports.register("rec"), daw.midi_outports.register("play")
+
+    def process(frames):
+        play.clear_buffer()
+        for offset, _ in rec.incoming_midi_events():
+            seen.append(daw.last_frame_time + offset)
+
+    daw.set_process_callback(process)
+    daw.activate()
+    try:
+        jm = backend()
+        daw.connect(play, f"{jm.name}:in")
+        daw.connect(f"{jm.out_name}:out", rec)
+        time.sleep(0.2)
+        frames = [jm.send(0, (0x90, 60 + k, 100), jm.now_ns() + 60_000_000 + k * 5_000_000)
+                  for k in range(5)]
+        time.sleep(0.3)
+        assert seen == frames, (seen, frames)
+    finally:
+        daw.deactivate()
+        daw.close()
 
 
 def test_output_lands_on_the_frame_of_its_due_time(backend):
     jm = backend()
     dump = Dump(unique_client_name("mb-dump"))
-    _connect(f"{jm.name}:out", f"{dump.name}:input")
+    _connect(f"{jm.out_name}:out", f"{dump.name}:input")
     gaps_ms = [3.1, 7.77, 0.4, 12.5, 5.0, 1.3, 9.9, 2.2, 6.6, 4.4]
     t = jm.now_ns() + 60_000_000  # well ahead of the process cycle that plays it
     want = []
@@ -92,7 +126,7 @@ def test_input_is_stamped_with_its_frame(backend):
     got: list[tuple[int, int, bytes]] = []
     sink = backend(inputs=("in", "other in"), outputs=(), on_input=lambda t, i, d: got.append((t, i, d)))
     source = backend(inputs=(), outputs=("out",))
-    _connect(f"{source.name}:out", f"{sink.name}:other in")
+    _connect(f"{source.out_name}:out", f"{sink.name}:other in")
     t = source.now_ns() + 50_000_000
     sent = [source.send(0, (0x90, 40 + k, 90), t + k * 3_333_333) for k in range(8)]
     time.sleep(0.05 + 8 * 0.0034 + 0.1)
@@ -111,7 +145,7 @@ def test_a_message_is_never_written_before_one_sent_earlier(backend):
     started: per port, due frames never go backwards in send order."""
     jm = backend()
     dump = Dump(unique_client_name("mb-dump"))
-    _connect(f"{jm.name}:out", f"{dump.name}:input")
+    _connect(f"{jm.out_name}:out", f"{dump.name}:input")
     due = jm.now_ns() + 40_000_000
     jm.send(0, (0x90, 64, 100), due)
     jm.send(0, (0x80, 64, 0))          # "as soon as possible", sent after the note-on
@@ -125,7 +159,7 @@ def test_a_message_is_never_written_before_one_sent_earlier(backend):
 def test_a_past_due_message_goes_out_at_once_and_long_ones_are_counted(backend):
     jm = backend()
     dump = Dump(unique_client_name("mb-dump"))
-    _connect(f"{jm.name}:out", f"{dump.name}:input")
+    _connect(f"{jm.out_name}:out", f"{dump.name}:input")
     assert jm.send(0, (0x90, 70, 1), jm.now_ns() - 50_000_000) is not None
     assert jm.send(0, bytes(8)) is None
     time.sleep(0.1)

@@ -117,7 +117,7 @@ def graph(monkeypatch):
 
 def fake_ports(extra_inputs=(), extra_outputs=(), put=None):
     got: list[tuple] = []
-    p = ports_mod.open_ports("jack", "mb", "midi-bridge in", "midi-bridge out", list(extra_inputs),
+    p = ports_mod.open_ports("jack-rtmidi", "mb", "midi-bridge in", "midi-bridge out", list(extra_inputs),
                              list(extra_outputs), put or got.append, wait_for_missing=True)
     return p, got
 

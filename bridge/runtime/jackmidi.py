@@ -4,8 +4,10 @@ python-rtmidi on JACK makes one client per port and writes every event at frame 
 the next period, so timing is never better than a period.  This backend uses
 JACK-Client (CFFI over the system libjack) instead:
 
-* **one client** (``NAME``) holds the input and output ports (``NAME:in``, ``NAME:out``,
-  plus any extras);
+* **two clients**, one for the inputs (``NAME``) and one for the outputs (``NAME-out``),
+  each holding every port of its kind (the bridge's own and the extras): a DAW that
+  feeds the bridge and records it would otherwise form a cycle in JACK's graph (see
+  :class:`JackMidi`);
 * **input** is stamped with its own frame: ``last_frame_time`` + the event's offset,
   turned into time by JACK's own frame <-> time mapping (``jack_frames_to_time``, which
   follows the frames as they really advance, even when the sound card's or the dummy
@@ -19,6 +21,12 @@ JACK-Client (CFFI over the system libjack) instead:
   Per port, due frames never go backwards in the order messages were sent (a later
   message is never written before an earlier one), so a panic sent after a note-on
   that is still waiting in the ring ends that note after it started, never before.
+
+Do not use python-rtmidi's JACK API in the same process while one is active: python-rtmidi
+holds the GIL through its calls to the server, and the server can be waiting, at that
+moment, for one of our callbacks, which needs the GIL (a deadlock, seen when a test's
+rtmidi client connected while an xrun was being reported).  The bridge probes JACK
+through rtmidi only before it opens these clients.
 
 The process callback runs in JACK's real-time thread and needs the GIL: it does a fixed
 amount of work per event (no allocation beyond what CFFI's buffers cost, no lock, no
@@ -71,7 +79,13 @@ def _address(ffi, ptr) -> int:
 
 
 class JackMidi:
-    """One active JACK client with MIDI ports ``inputs`` and ``outputs``.
+    """JACK MIDI ports ``inputs`` and ``outputs``, active: the inputs on one client
+    (``name``), the outputs on a second (``out_name``: ``NAME-out`` when there are inputs
+    too).  Two clients, because a DAW feeds the bridge and records it: one client holding
+    both would make DAW -> bridge -> DAW a cycle in JACK's graph, which jackd2 breaks by
+    delivering the connection that closes it a period late (the DAW would record every
+    answer one period late).  As two, the output client runs before the DAW and the input
+    client after it, in the same cycle.
 
     ``on_input(t_ns, index, data)`` is called from JACK's process thread for every event
     on input ``index`` (``data`` is a fresh ``bytes``): keep it to a queue put.
@@ -86,15 +100,23 @@ class JackMidi:
                                 "pip install JACK-Client, or use --backend jack-rtmidi") from e
         self._jack = jack
         self._lib = _libjack()
+        self.in_client = self.out_client = None
         try:
-            self.client = jack.Client(client_name, no_start_server=True, servername=server)
+            if inputs or not outputs:
+                self.in_client = jack.Client(client_name, no_start_server=True, servername=server)
+            if outputs:
+                self.out_client = jack.Client(f"{client_name}-out" if self.in_client else client_name,
+                                              no_start_server=True, servername=server)
         except jack.JackError as e:
+            self._close_clients()
             raise JackMidiError(f"cannot open JACK client {client_name!r}: {e} "
                                 "(is the JACK server running? `jack_lsp` tells)") from e
+        self.client = self.in_client or self.out_client   # for time, listing and connecting
         self.name = self.client.name
+        self.out_name = self.out_client.name if self.out_client else None
         self._cptr = _address(jack._ffi, self.client._ptr)
-        self.inports = [self.client.midi_inports.register(n) for n in inputs]
-        self.outports = [self.client.midi_outports.register(n) for n in outputs]
+        self.inports = [self.in_client.midi_inports.register(n) for n in inputs]
+        self.outports = [self.out_client.midi_outports.register(n) for n in outputs]
         self._rings = [jack.RingBuffer(RING_BYTES) for _ in outputs]
         self._last_due = [0] * len(outputs)      # engine side: due frames never go back
         self._rec = bytearray(_REC.size)
@@ -106,9 +128,23 @@ class JackMidi:
         self.dropped = 0                          # ring full, or a message over 7 bytes
         self.period = self.client.blocksize
         self.rate = self.client.samplerate
-        self.client.set_process_callback(self._process)
         self.client.set_xrun_callback(self._xrun)
-        self.client.activate()
+        if self.in_client is not None:
+            self.in_client.set_process_callback(self._process_in)
+        if self.out_client is not None:
+            self.out_client.set_process_callback(self._process_out)
+        for c in (self.out_client, self.in_client):
+            if c is not None:
+                c.activate()
+
+    def _close_clients(self) -> None:
+        for c in (self.in_client, self.out_client):
+            if c is not None:
+                try:
+                    c.deactivate()  # its process callback no longer runs after this
+                finally:
+                    c.close()
+        self.in_client = self.out_client = None
 
     # -- time --------------------------------------------------------------------------------
 
@@ -180,25 +216,25 @@ class JackMidi:
         return due
 
     def close(self) -> None:
-        """Deactivate and close the client (what is still in the rings is not sent)."""
-        client = self.client
-        if client is not None:
-            try:
-                client.deactivate()  # the process callback no longer runs after this
-            finally:
-                client.close()
-                self.client = None
+        """Deactivate and close the clients (what is still in the rings is not sent)."""
+        try:
+            self._close_clients()
+        finally:
+            self.client = None
 
     # -- JACK's process thread ------------------------------------------------------------------
 
     def _xrun(self, _delay_usecs: float) -> None:
         self.xruns += 1
 
-    def _process(self, frames: int) -> None:
-        f0 = self.client.last_frame_time
+    def _process_in(self, frames: int) -> None:
+        f0 = self.in_client.last_frame_time
         for index, port in enumerate(self.inports):
             for offset, buf in port.incoming_midi_events():
                 self._on_input(self.frame_ns(f0 + offset), index, bytes(buf))
+
+    def _process_out(self, frames: int) -> None:
+        f0 = self.out_client.last_frame_time
         size, unpack = _REC.size, _REC.unpack
         for port, ring in zip(self.outports, self._rings):
             port.clear_buffer()

@@ -3,10 +3,11 @@
 Same interface as :class:`.ports.Ports` (the engine, the supervisor and the status screen
 do not know which one they have), with these differences:
 
-* every port is a port of one JACK client named ``ports.client_name``: ``NAME:midi-bridge
-  in``, ``NAME:midi-bridge out``, and one port per extra (``NAME:from SPEC`` /
-  ``NAME:to SPEC``), which is *connected* to the first matching port of another client
-  when it appears and disconnected when it goes;
+* the ports are those of two JACK clients, named after ``ports.client_name``: the inputs
+  ``NAME:midi-bridge in`` and ``NAME:from SPEC`` per extra input, the outputs
+  ``NAME-out:midi-bridge out`` and ``NAME-out:to SPEC`` per extra output (two clients,
+  not one: see :class:`.jackmidi.JackMidi`); an extra port is *connected* to the first
+  matching port of another client when it appears and disconnected when it goes;
 * input is stamped with the frame it arrived at (on the engine's clock), not with the
   moment a backend thread got round to it;
 * :meth:`send_at` takes the message's due time and the backend writes it at that frame
@@ -117,11 +118,13 @@ class JackPorts(Ports):
     # -- extra ports ------------------------------------------------------------------------
 
     def _own_full(self, slot: Slot) -> str:
-        return f"{self.jm.name}:{self._port_name(slot)}"
+        client = self.jm.out_name if slot.output else self.jm.name
+        return f"{client}:{self._port_name(slot)}"
 
     def is_own(self, name: str) -> bool:
         jm = self.jm
-        return (jm is not None and name.partition(":")[0] == jm.name) or super().is_own(name)
+        return ((jm is not None and name.partition(":")[0] in (jm.name, jm.out_name))
+                or super().is_own(name))
 
     def listing(self, output: bool) -> list[str] | None:
         """Other clients' MIDI ports: the ones we can play to (``output``) or listen to."""

@@ -64,11 +64,15 @@ def commands(text: str) -> list[tuple[str, list[str]]]:
                 words = shlex.split(m.group(1))
             except ValueError:
                 words = m.group(1).split()
-            if shown.startswith("./run.sh"):
+            if shown.startswith("./run.sh") and not (words and words[0] in RUN_SH_COMMANDS):
                 words = ["run"] + words
             if words and words[0] not in NOT_COMMANDS:
                 found.append((shown, words))
     return found
+
+
+#: What ``./run.sh NAME ...`` runs as ``midi-bridge NAME ...`` (else ``midi-bridge run ...``).
+RUN_SH_COMMANDS = ("doctor", "plugins", "ports")
 
 
 def problems(shown: str, words: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -106,6 +110,8 @@ def test_the_command_check_catches_a_wrong_flag_and_sub_command(parser):
     assert len(found) == 2
     assert any("--no-such-flag" in f for f in found) and any("'plugn'" in f for f in found)
     assert problems("./run.sh", ["run", "--mode", "thru", "--no-tui"], parser) == []
+    assert [w for _, w in commands("`./run.sh doctor --json` or `./run.sh --mode thru`")] == [
+        ["doctor", "--json"], ["run", "--mode", "thru"]]
 
 
 @pytest.mark.parametrize("doc", DOCS + [ROOT / "config.yaml"], ids=lambda p: p.name)

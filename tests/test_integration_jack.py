@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -373,3 +374,58 @@ def test_a_plugin_stuck_in_native_code_has_its_sounding_notes_ended(echo_plugin,
                   what="the echo of 64 after the stall")
     midi.note_off(64, PLAYER_CH)
     midi.wait_for(lambda ms: not unmatched_note_ons(ms), timeout=3, what="every note ended")
+
+
+# -- measured from outside ------------------------------------------------------------------------
+
+LATENCY_TEST = shutil.which("jack_midi_latency_test")
+
+
+def jack_ports(client: str) -> dict[str, str]:
+    """The full JACK names of the bridge's ports, {"in": ..., "out": ...} (jack_lsp): on
+    clients named ``client`` (python-rtmidi's JACK opens one client per port, its name
+    starting with ``client``)."""
+    listing = subprocess.run(["jack_lsp"], capture_output=True, text=True, timeout=10).stdout
+    ports = [p for p in listing.splitlines() if p.startswith(client)]
+    found = {}
+    for port in ports:
+        short = port.split(":", 1)[1]
+        if short.endswith(" in") or short == "in":
+            found["in"] = port
+        elif short.endswith(" out") or short == "out":
+            found["out"] = port
+    assert set(found) == {"in", "out"}, f"ports of {client}: {ports}"
+    return found
+
+
+@pytest.mark.jack
+@pytest.mark.skipif(LATENCY_TEST is None or shutil.which("jack_lsp") is None,
+                    reason="jackd2's example clients (jack_midi_latency_test, jack_lsp) are not installed")
+def test_jack_midi_latency_test_measures_the_bridge_in_thru(start_bridge):
+    """jackd2's own latency tester through ``--mode thru``: its first message is a note-off
+    for a note never started (0x80 0 0), then a note-on, and so on; each one must come
+    back.  The tester answers every message it gets with one equal to the one before it,
+    a feedback loop by construction, so the feedback guard is off here
+    (``input.feedback_window_ms: 0``).  A repeated note-on of a key still sounding is
+    preceded by a note-off (the bridge never sends two note-ons of one key without one):
+    the tester counts those as unexpected, and only those."""
+    samples = 100
+    config = {**CONFIG, "input": {"feedback_window_ms": 0}}
+    bridge = start_bridge("--mode", "thru", "--no-tui", config=config)
+    ports = jack_ports(bridge.client)
+    for attempt in range(5):
+        done = subprocess.run([LATENCY_TEST, "-s", str(samples), "-t", "5", ports["in"], ports["out"]],
+                              capture_output=True, text=True, timeout=120)
+        out = done.stdout + done.stderr
+        # A cycle the server skipped under load (an xrun) can lose a message before it
+        # reaches the bridge's input: that attempt says nothing about the bridge.
+        if done.returncode == 0 or "Xruns:" not in out:
+            break
+        print(f"--- attempt {attempt + 1}: the server had xruns ---\n{out}")
+    assert done.returncode == 0, out
+    assert "Average latency:" in out, out
+    assert f"Messages sent: {samples}\n" in out and f"Messages received: {samples}\n" in out, out
+    unexpected = re.search(r"Unexpected messages received: (\d+)", out)
+    assert unexpected is None or int(unexpected.group(1)) <= samples // 2, out
+    assert bridge.terminate(signal.SIGTERM) == 0, bridge.output
+    assert "Traceback" not in bridge.output, bridge.output

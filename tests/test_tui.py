@@ -97,6 +97,49 @@ def test_panel_keeps_markup_in_names_literal():
     assert "[bold]x[/bold]" in text and "in [1]" in text and "a [red]log[/red] line" in text
 
 
+def test_log_lines_wrap_at_the_screen_width_and_the_last_ones_that_fit_are_shown():
+    """A long line shows its end (the fix it names), not an ellipsis; of the wrapped lines
+    the last LOG_LINES screen lines are shown."""
+    refused = ("12:00:00 WARNING midi_bridge.core.slot: swap refused: generator 'harmony' does "
+               "not support mode 'continue' (it supports: accompany) (keeping 'markov')")
+    lines = [f"12:00:0{i} INFO x: line {i}" for i in range(4)] + [refused]
+    text = text_of(tui.render(Snapshot(mode="continue"), lines), width=60)
+    flat = re.sub(r"\s*│\s*", " ", text)
+    assert "…" not in text
+    assert "(it supports: accompany) (keeping 'markov')" in re.sub(r"\s+", " ", flat)
+    # the refused line takes 3 screen lines at this width: with lines 2 and 3, that is 5
+    assert "line 2" in text and "line 3" in text
+    assert "line 1" not in text and "line 0" not in text, "older lines than fit are shown"
+    log_rows = text.split("controls")[1].splitlines()[2:-1]  # below the grid's last row
+    assert len([r for r in log_rows if r.strip("│ ")]) == tui.LOG_LINES
+    wide = text_of(tui.render(Snapshot(mode="continue"), lines), width=200)
+    assert "line 0" in wide and "(keeping 'markov')" in wide  # one screen line each
+
+
+@pytest.mark.parametrize("thru, says", [
+    (False, "continue mode: a played note sends nothing at once"),
+    (True, "p50 "),
+])
+def test_latency_row_in_continue_mode_says_what_is_measured(thru, says):
+    """12 notes played in continue mode: without thru nothing goes out at once, so there is
+    no latency sample, and the row says why instead of "no notes played"."""
+    rig = Rig({"melody": Melody}, thru={"enabled": thru}, phrase={"silence_ms": 2000})
+    rig.engine.latency = LatencyWindow(60)
+    for i in range(12):
+        rig.tap(i * 100, 60 + i, 50)
+    snap = snapshot(rig.engine, FakePorts(), now_ns=rig.clock.t)
+    assert snap.notes_in == 12 and snap.thru is thru
+    assert (snap.latency_count == 12) is thru
+    text = text_of(tui.render(snap), width=200)
+    assert says in text
+    assert "no notes played" not in text and "no played note sent anything" not in text
+
+
+def test_latency_row_without_samples_elsewhere_says_nothing_was_sent():
+    text = text_of(tui.render(Snapshot(mode="accompany")), width=200)
+    assert "no played note sent anything in the last 60 s" in text
+
+
 def test_status_screen_frame_reads_the_engine():
     rig = Rig({"melody": Melody})
     rig.on(0, 60)

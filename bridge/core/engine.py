@@ -6,11 +6,12 @@ live thread, :mod:`midi_bridge.commands.render` for simulated time).  ``handle``
 is no polling.  Per event the work is bounded: one generator call, a few heap
 operations, never anything proportional to the length of the session.
 
-Modes (:mod:`.modes`): ``thru`` (played messages go out unchanged or remapped),
-``accompany`` (the generator's notes start with each played note-on and end when it is
-released) and ``continue`` (call and response: when the phrase ends (:mod:`.phrase`) the
-generator's answer plays (:mod:`.player`) until it is over or the player plays again).
-Transport Stop ends every generated note and resets the phrase; Start rewinds.
+Modes (:mod:`.modes`): ``thru`` (every played channel message goes out as played, or
+remapped; a note-off for a note the bridge did not see start too), ``accompany`` (the
+generator's notes start with each played note-on and end when it is released) and
+``continue`` (when the phrase ends (:mod:`.phrase`) the generator's answer plays
+(:mod:`.player`) until it is over or the player plays again).  Transport Stop ends every
+note the bridge started and resets the phrase; Start rewinds.
 
 Its parts: the timeline (:mod:`.timeline`: tempo, MIDI clock, beats), the phrase
 (:mod:`.phrase`), the generator slot (:mod:`.slot`: the active generator, swaps, faults:
@@ -19,10 +20,8 @@ one, or by thru), the answer player (:mod:`.player`) and the live controls
 (:mod:`.control`: mapped CCs and notes, and :class:`~.messages.Command` items from the
 terminal).  Every input event is counted in exactly one of :data:`ACCOUNTED`.
 
-Output has one send path: :meth:`Engine._send_due` sends what is due.  The slot's guard
-calls it before every generator call, so what is played goes out before any generator
-work whichever branch scheduled it, and every entry point (``handle``, ``tick``,
-``stop``, ``command``) ends with it.
+One send path, :meth:`Engine._send_due`: the slot's guard calls it before every generator
+call (what is played leaves before any generator work) and every entry point ends with it.
 """
 
 from __future__ import annotations
@@ -171,10 +170,7 @@ class Engine:
         """The performer marks the last answer good (+1) or bad (-1)."""
         record = self.player.rating(rating, self.phrase.events, self.mode, self.bpm(self._now))
         if record is None:
-            self._warn_once("rate_nothing", "rating ignored: no answer has been played yet")
-            return
-        self.stats["ratings"] += 1
-        log.info("rated the last answer %s (%d notes)", "good" if rating > 0 else "bad", len(record["answer"]))
+            return self._warn_once("rate_nothing", "rating ignored: no answer has been played yet")
         self._marker("rating " + ("good" if rating > 0 else "bad"))
         if self.on_rating is not None:
             self.on_rating(record)
@@ -254,9 +250,7 @@ class Engine:
             self.timeline.clock(t, now)
         elif status == midi.STOP:
             self.timeline.stop(t)
-            self._end_everything(now)
-            self._reset_phrase()
-            self.phrase.held.clear()
+            self.panic()
             if self.slot.gen is not None:
                 self.slot.call(self.slot.gen.reset)
         else:
@@ -269,9 +263,8 @@ class Engine:
         self.player.drop_speculation()
 
     def _thru_remap(self, msg: tuple[int, ...]) -> tuple[int, ...]:
-        if self.thru_channel is None:
-            return msg
-        return ((msg[0] & 0xF0) | self.thru_channel,) + msg[1:]
+        ch = self.thru_channel
+        return msg if ch is None else ((msg[0] & 0xF0) | ch,) + msg[1:]
 
     def _note(self, now: int, on: bool, ch: int, pitch: int, velocity: int) -> None:
         self.stats["notes_in" if on else "notes_off"] += 1

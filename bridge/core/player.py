@@ -117,8 +117,8 @@ class AnswerPlayer:
     _accompany.__name__ = "accompany"  # (what faults and overruns are reported as)
 
     def rating(self, rating: int, phrase: Any, mode: str, bpm: float) -> dict | None:
-        """The record of a rating of the last answer (None: nothing played yet); an
-        accompaniment is rated with the last notes of ``phrase``."""
+        """The record of a rating of the last answer (None: nothing played yet; counted and
+        logged); an accompaniment is rated with the last notes of ``phrase``."""
         if self.last is None or not self.last[1]:
             return None
         prompt, notes = self.last
@@ -126,6 +126,8 @@ class AnswerPlayer:
             prompt = tuple(phrase)[-8:]
         gen = self.slot.gen
         ctx = self.slot.call(gen.rating_context) if gen is not None else None
+        self.stats["ratings"] += 1
+        log.info("rated the last answer %s (%d notes)", "good" if rating > 0 else "bad", len(notes))
         return {
             "rating": rating, "generator": self.slot.name, "mode": mode,
             "bpm": round(bpm, 3), "context": dict(ctx or {}),

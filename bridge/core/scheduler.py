@@ -65,6 +65,10 @@ class Scheduler:
         #: Optional ``observer(msg, tag)`` told of every message sent (recording).
         self.observer: Callable[[tuple[int, ...], Tag], None] | None = None
         self.late_ns_max = 0
+        #: The tag of what is passed through as played (the engine's thru): its release
+        #: (:meth:`release`) of a note nobody sounds -- one the bridge did not see start,
+        #: or one it already ended -- goes out as is; it still never ends another's note.
+        self.passthrough: Tag = None
         #: Messages leave this long before their deadline, each with it (``due``): for an
         #: output that writes at the due time itself (the native JACK backend).  0: at it.
         self.lead_ns = 0
@@ -224,10 +228,15 @@ class Scheduler:
             elif kind == midi.NOTE_OFF:
                 key = (msg[0] & 0x0F, msg[1])
                 cur = self._sounding.get(key)
-                if cur is None or (serial >= 0 and cur[0] != serial) or (
+                if cur is None:
+                    if serial != -1 or tag is None or tag != self.passthrough:
+                        continue  # that note already ended
+                    # (passed through: a note-off for a note the bridge did not start)
+                elif (serial >= 0 and cur[0] != serial) or (
                         serial == -1 and tag is not None and cur[1] != tag):
                     continue  # that note already ended (or was retriggered)
-                self._unmark(key)
+                else:
+                    self._unmark(key)
             self._emit(msg, now, t, serial != -2, tag)
 
     def _unmark(self, key: Key) -> None:

@@ -32,7 +32,7 @@ class Host(Protocol):
 
     def names(self) -> list[str]: ...
     def get(self, name: str) -> Generator: ...
-    def resolve(self, selector: str | int, current: str | None) -> str | None: ...
+    def resolve(self, selector: str | int, current: str | None, mode: str | None = None) -> str | None: ...
     def request(self, name: str, on_ready: Callable[[str, Generator | None, str], None]) -> None: ...
 
 
@@ -109,7 +109,7 @@ class GeneratorSlot:
 
     def request(self, selector: str | int) -> None:
         """Select a generator by name, program number or ``"next"`` (loads in the background)."""
-        name = self.host.resolve(selector, self.name)
+        name = self.host.resolve(selector, self.name, self._mode())
         if name is None:
             return
         self.wanted = name  # a load still under way for another name is void now

@@ -16,6 +16,7 @@ class EngineView:
     now_ns: int
     generator: str | None
     mode: str
+    thru: bool                      # what is played passes to the output now
     clocked: bool                   # beats follow a MIDI clock now
     transport: str | None           # "running" / "stopped" while clocked, else None
     bpm: float
@@ -49,7 +50,8 @@ def view(engine: Any, now: int) -> EngineView:
         phrase = "idle"
     recorder = engine.recorder
     return EngineView(
-        now_ns=now, generator=engine.gen_name, mode=engine.mode, clocked=clocked,
+        now_ns=now, generator=engine.gen_name, mode=engine.mode, thru=engine._thru_active(),
+        clocked=clocked,
         transport=("running" if tl.sync.running else "stopped") if clocked else None,
         bpm=float(tl.bpm(now)), phrase=phrase, phrase_notes=engine.phrase_notes,
         held=len(engine.held), sounding=len(sched.sounding), pending=sched.pending(),

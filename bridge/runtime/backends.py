@@ -105,7 +105,22 @@ def choose(backend: str) -> str:
             return name
         reasons.append(f"{name}: {why} -> {FIXES[name]}")
     raise BackendError("no MIDI backend works here. " + "; ".join(reasons) +
-                       ". Run 'midi-bridge doctor' for details.")
+                       f". Run '{command('doctor')}' for details.")
+
+
+def command(name: str, argv0: str | None = None) -> str:
+    """The command line that runs ``midi-bridge NAME`` from where the user is: through
+    ``run.sh`` as they called it (it exports ``MIDI_BRIDGE_LAUNCHER``), the program's path
+    when it was started by one (``.venv/bin/midi-bridge``), else ``midi-bridge NAME``."""
+    launcher = os.environ.get("MIDI_BRIDGE_LAUNCHER")
+    if launcher:
+        return f"{launcher if '/' in launcher else './' + launcher} {name}"
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if os.path.basename(argv0) == "__main__.py":  # python -m midi_bridge
+        return f"python -m midi_bridge {name}"
+    if os.sep in argv0 or "/" in argv0:
+        return f"{argv0} {name}"
+    return f"midi-bridge {name}"
 
 
 def list_ports(backend: str) -> tuple[list[str], list[str]]:

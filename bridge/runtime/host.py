@@ -52,13 +52,25 @@ class GeneratorHost:
             self._instances[name] = gen
         return gen
 
-    def resolve(self, selector: str | int, current: str | None) -> str | None:
-        """A generator name from a program number (index into the order) or ``"next"``."""
+    def resolve(self, selector: str | int, current: str | None, mode: str | None = None) -> str | None:
+        """A generator name from a program number (index into the order) or ``"next"``.
+
+        ``"next"`` walks the order from ``current`` and takes the first generator that can
+        play ``mode`` (:func:`discovery.usable`: one refused at load, or loaded without that
+        mode, is skipped; one not loaded yet is tried, once); back at ``current`` it stays."""
         if not self.order:
             return None
         if selector == "next":
-            i = self.order.index(current) + 1 if current in self.order else 0
-            return self.order[i % len(self.order)]
+            order = self.order
+            start = order.index(current) + 1 if current in order else 0
+            for k in range(len(order)):
+                name = order[(start + k) % len(order)]
+                if name == current or mode is None:
+                    return name
+                info = self.plugins.get(name)
+                if info is not None and discovery.usable(info, mode):
+                    return name
+            return current
         if isinstance(selector, int):
             if 0 <= selector < len(self.order):
                 return self.order[selector]

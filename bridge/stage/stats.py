@@ -99,6 +99,7 @@ class Snapshot:
     out_ports: list[str] = field(default_factory=list)
     generator: str | None = None
     mode: str = ""
+    thru: bool = False                 # what is played passes to the output
     clock: str = "internal"            # "midi" while a MIDI clock arrives, else "internal"
     transport: str | None = None       # "running" / "stopped" while following a clock
     bpm: float = 0.0
@@ -152,6 +153,7 @@ def snapshot(engine: Any, ports: Any = None, window: LatencyWindow | None = None
         now_ns=now,
         generator=view.generator,
         mode=view.mode,
+        thru=view.thru,
         clock="midi" if view.clocked else "internal",
         transport=view.transport,
         bpm=view.bpm,

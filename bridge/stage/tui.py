@@ -5,7 +5,8 @@ second it reads the engine's state (:func:`midi_bridge.stage.stats.snapshot`: pl
 no locks, nothing on the engine's path) and redraws one compact panel - ports,
 generator, mode, clock source and tempo, phrase state, notes in/out, latency p50/p99
 over ``status.window_s``, late/dropped messages, temperature - with the last log lines
-at the bottom (log records go to a small ring while the screen is up, not over it).
+at the bottom (log records go to a small ring while the screen is up, not over it); the
+panel itself is drawn by :mod:`.panel`.
 
 Keys never touch the engine: each puts a :class:`~midi_bridge.core.messages.Command` on
 the engine's inbox, handled by the engine thread between two events:
@@ -36,18 +37,17 @@ import re
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 from midi_bridge.core.messages import Command
 
-from .stats import LatencyWindow, Snapshot, snapshot
+from .panel import HELP, LOG_LINES, render  # noqa: F401 - HELP, render: re-exported
+from .stats import LatencyWindow, snapshot
 
 try:
-    from rich.console import Console, Group
+    from rich.console import Console
     from rich.live import Live
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
+    from rich.panel import Panel  # noqa: F401 - (the type of a frame)
 except ImportError:  # pragma: no cover - rich is a dependency; plain logs without it
     Console = None  # type: ignore[assignment,misc]
 
@@ -64,9 +64,7 @@ KEYS: dict[str, Command] = {
     "-": Command("temperature", (1 / TEMPERATURE_STEP,)),
 }
 QUIT = "q"
-HELP = "p panic  n next generator  m mode  +/- temperature  q quit"
 REFRESH_S = 0.25
-LOG_LINES = 5
 
 _ESCAPE = re.compile(r"\x1b(?:\[[0-9;?]*[@-~]|O.|.)?", re.DOTALL)  # arrow keys, F-keys, ...
 
@@ -276,64 +274,6 @@ def logs_into(handler: logging.Handler) -> Iterator[None]:
         yield
     finally:
         root.handlers = saved
-
-
-# -- drawing ----------------------------------------------------------------------------------
-
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f} ms" if v >= 10 else f"{v:.2f} ms"
-
-
-def _num(v: float | None, unset: str = "default") -> str:
-    return unset if v is None else f"{v:.2f}"
-
-
-def render(snap: Snapshot, log_lines: Iterable[str] = (), window_s: float = 60.0) -> "Panel":
-    """The status panel for one snapshot (a rich renderable)."""
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold cyan", no_wrap=True)
-    grid.add_column(overflow="fold")
-
-    def row(label: str, *parts: str | tuple[str, str]) -> None:
-        grid.add_row(label, Text.assemble(*parts))
-
-    ins = ", ".join(snap.in_ports) or "-"
-    outs = ", ".join(snap.out_ports) or "-"
-    row("ports", f"in: {ins}   out: {outs}", (f"   ({snap.backend})" if snap.backend else "", "dim"))
-    row("generator", (snap.generator or "-", "bold"), "   mode ", (snap.mode, "bold"))
-    clock = "MIDI clock" if snap.clock == "midi" else "internal clock"
-    row("clock", f"{clock}  ", (f"{snap.bpm:.1f} bpm", "bold"),
-        f"  (transport {snap.transport})" if snap.transport else "")
-    phrase = snap.phrase
-    if snap.phrase_notes and phrase in ("playing", "waiting for silence"):
-        phrase += f" ({snap.phrase_notes} notes)"
-    row("phrase", (phrase, "bold"), f"   answers {snap.answers}")
-    out = f"{snap.notes_out} notes, " if snap.notes_out is not None else ""
-    row("notes", f"in {snap.notes_in} ({snap.events_in} events)   out {out}{snap.sent} msgs"
-                 f"   sounding {snap.sounding}   held {snap.held}")
-    if snap.latency_count:
-        row("latency", f"p50 {_ms(snap.p50_ms)}   p99 {_ms(snap.p99_ms)}",
-            (f"   ({snap.latency_count} over {window_s:g} s)", "dim"))
-    else:
-        row("latency", ("p50 -   p99 -", ""), (f"   (no notes played in the last {window_s:g} s)", "dim"))
-    late = "" if snap.late is None else f"late {snap.late}   "
-    dropped = "" if snap.dropped is None else f"   dropped {snap.dropped}"
-    problems = "   ".join(f"{k} {v}" for k, v in snap.errors.items())
-    row("late/drop", f"{late}worst lateness {_ms(snap.late_max_ms)}{dropped}",
-        ("   " + problems, "bold red") if problems else "")
-    row("controls", f"temperature {_num(snap.temperature)}   density {_num(snap.density)}"
-                    f"   length {_num(snap.length)}")
-    if snap.recording_error:  # (logged once, long gone from the log lines below)
-        row("recording", (f"NOT SAVING: {snap.recording_error}", "bold red"))
-    elif snap.recording:
-        row("recording", snap.recording)
-    lines = list(log_lines)
-    body: Any = grid
-    if lines:
-        logs = Text("\n".join(lines), style="dim", no_wrap=True, overflow="ellipsis")
-        body = Group(grid, Text(""), logs)
-    return Panel(body, title="midi-bridge", title_align="left", subtitle=HELP,
-                 subtitle_align="left", border_style="blue")
 
 
 # -- the loop ---------------------------------------------------------------------------------

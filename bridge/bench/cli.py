@@ -1,5 +1,5 @@
 """The ``bench`` command line: ``register_group(subparsers)`` adds ``bench model``, ``bench
-live`` and ``bench witness`` to ``midi-bridge``.
+live``, ``bench witness`` and ``bench ardour`` to ``midi-bridge``.
 
 Stand-alone (until ``midi-bridge bench`` dispatches here): ``python -m midi_bridge.bench.cli
 live [--json] ...`` or ``python -m midi_bridge.bench.live [--json] ...`` (``live`` optional).
@@ -83,6 +83,8 @@ def register_group(subparsers) -> None:
                                  "'none': skip)")
     b.set_defaults(func=cmd_model)
     register(sub)
+    from . import ardour
+    ardour.register(sub)
 
 
 def cmd_model(args: argparse.Namespace) -> int:

@@ -39,133 +39,32 @@ with at least :data:`INT8_MIN_SIZE` weights.  The CUDA-graph variant is
 The logits tensor returned by :meth:`feed` / :meth:`reset` is a view of the stepper's
 buffer: valid until the next step (clone it to keep it).  ``st.h`` (and ``st.c``) are
 tensor views of the state, ``[layers, hidden]``.
+
+The pieces: :mod:`.step_tables` (the weights folded into float32 tables, the products,
+int8), :mod:`.step_cells` (the GRU/LSTM cells) and :mod:`.step_sample` (the
+field-by-field sampling); every name they export is importable from here.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
 
 from .cache import PieceCache
 from .rnn import EventRNN
-from .sampling import sample_index
+from .step_cells import gru_cell, lstm_cell
+from .step_sample import FieldSampler
+from .step_tables import (_BLAS_THREADS, _F32, INT8_MIN_SIZE, Int8, _matvec, _PackedInfo, _prepack_int8, blas_threads,
+                          build_tables)
 
-_F32 = np.float32
+__all__ = ["INT8_MIN_SIZE", "Int8", "Stepper", "blas_threads", "build_tables"]
+
 _ZERO = np.float32(0.0)
-_INF = float("inf")
-_LO, _HI = 1e-280, 1e280  # where a softmax's sum is taken without its max subtracted
 
 
-#: Matrices with fewer elements stay float32 in an int8 step: fbgemm's dynamic-quantised
-#: linear (quantise the input, the product, a new output) costs 12-20 us a call whatever the
-#: size, more than float32 saves below about a million weights (measured with ``bench
-#: model --int8``: at hidden 384 an all-int8 step is slower than float32).
-INT8_MIN_SIZE = 1_000_000
-
-
-def _prepack_int8(w: torch.Tensor, b: torch.Tensor | None):
-    """Per-row symmetric int8 weights packed for fbgemm's dynamic-quantised linear (the
-    activations are quantised on the fly); None where the backend is missing."""
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        return None
-    scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).double()
-    try:
-        with warnings.catch_warnings():  # torch marks quantized tensors deprecated (2.13)
-            warnings.simplefilter("ignore")
-            q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
-            return torch.ops.quantized.linear_prepack(q, b)
-    except (RuntimeError, AttributeError):  # gone from this torch: stay in float32
-        return None
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A float32 copy (the stepper never shares memory with the model's parameters: it is a
-    snapshot of the weights it was built from)."""
-    return np.array(t.detach().float().cpu().numpy(), dtype=_F32, order="C", copy=True)
-
-
-def _matvec(w: np.ndarray, b: np.ndarray | None, x: np.ndarray, out: np.ndarray, int8: bool,
-            x1: np.ndarray | None = None):
-    """A no-argument callable computing ``out = w @ x (+ b)`` into the preallocated ``out``
-    (``x`` is read when called); int8 weights through fbgemm where asked and available.
-    ``x1``: ``x`` followed by a constant 1 in memory: float32 then folds ``b`` into the
-    matrix as its last column (one call, not two).  Returns ``(callable, packed or None)``."""
-    packed = None
-    if int8 and w.size >= INT8_MIN_SIZE:
-        packed = _prepack_int8(torch.from_numpy(w), None if b is None else torch.from_numpy(b))
-    if packed is not None:
-        xt, ot = torch.from_numpy(x)[None], torch.from_numpy(out)[None]
-        lin = torch.ops.quantized.linear_dynamic
-
-        def mv():
-            ot.copy_(lin(xt, packed, True))
-        return mv, packed
-    dot, add = np.dot, np.add
-    if b is not None and x1 is not None:
-        w = np.ascontiguousarray(np.concatenate([w, b[:, None]], axis=1), dtype=_F32)
-        x, b = x1, None
-    if b is None:
-        def mv():
-            dot(w, x, out=out)
-    else:
-        def mv():
-            dot(w, x, out=out)
-            add(out, b, out=out)
-    return mv, None
-
-
-def blas_threads(n: int) -> bool:
-    """Set numpy's BLAS (OpenBLAS: the step's products go through it) to ``n`` threads;
-    False where that is not possible (another BLAS).  The stepper follows torch's thread
-    count (the daemon and the benchmark run one thread): OpenBLAS would otherwise split the
-    larger products over every core."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        pass
-    else:
-        threadpool_limits(int(n), user_api="blas")
-        return True
-    import ctypes
-    import glob
-    import os
-
-    paths = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
-    try:
-        with open("/proc/self/maps") as f:
-            paths += [ln.split()[-1] for ln in f if "openblas" in ln]
-    except OSError:
-        pass
-    for path in dict.fromkeys(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(ctypes.c_int(int(n)))
-                return True
-    return False
-
-
-_BLAS_THREADS = [None]
-
-
-class _PackedInfo:
-    """``packed`` is what the benchmark looks at to tell an int8 step from a float32 one."""
-
-    __slots__ = ("packed",)
-
-    def __init__(self, packed):
-        self.packed = packed
-
-
-class Stepper:
+class Stepper(FieldSampler):
     """Batch-1 stateful inference for one :class:`EventRNN` on the CPU."""
 
     def __init__(self, model: EventRNN, device: str | torch.device = "cpu", int8: bool = False,
@@ -196,58 +95,8 @@ class Stepper:
 
     # -- construction ---------------------------------------------------------------------
     def _tables(self, model: EventRNN) -> None:
-        """The step's float32 arrays (numpy, on the CPU; the CUDA stepper copies them to
-        its device): the first layer's input table and the heads' matrices and tables."""
-        rnn, F = model.rnn, self.F
-        G = (4 if self.lstm else 3) * self.H
-        w_ih0 = _np(rnn.weight_ih_l0)
-
-        def proj(table):  # token table [V, E] -> first-layer gate inputs [V, G]
-            return np.ascontiguousarray(_np(table) @ w_ih0.T, dtype=_F32)
-
-        # one table of first-layer gate inputs; an event's input is the sum of F (+ F) + 1 rows
-        parts = [proj(e.weight) for e in model.inp]
-        if self.copy:
-            parts += [proj(e.weight) for e in model.cand]  # row ``size`` of each: no candidate
-        base = _np(rnn.bias_ih_l0)
-        if self.lstm:  # the LSTM's two biases only ever appear summed
-            base = base + _np(rnn.bias_hh_l0)
-        style = proj(model.style.weight) + base  # [styles, G]
-        self._n_styles = style.shape[0]
-        if self.copy:  # style x feature id in one row
-            feat = proj(model.feat.weight)
-            parts.append((style[:, None, :] + feat[None, :, :]).reshape(-1, G))
-            self._n_feat = feat.shape[0]
-        else:
-            parts.append(style)
-            self._n_feat = 1
-        parts.append(proj(model.bos.detach()[None, :]))
-        parts.append(np.zeros((1, G), dtype=_F32))  # (padding for a fixed number of rows)
-        self.table0 = np.ascontiguousarray(np.concatenate(parts), dtype=_F32)
-        offs = np.cumsum([0] + [p.shape[0] for p in parts]).tolist()
-        self._off_inp = offs[:F]
-        self._off_cand = offs[F:2 * F] if self.copy else None
-        self._off_ctx = offs[2 * F] if self.copy else offs[F]  # style * n_feat + feat
-        self._row_bos, self._row_zero = offs[-3], offs[-2]
-        self._n_rows = (2 * F + 1) if self.copy else F + 1  # rows summed per event
-        # heads: the input layers stacked; cond_j folded through every later head:
-        # U_j [size_j, (F - 1 - j) * A] = [cond_j W_{j+1}^T, ..., cond_j W_{F-1}^T]
-        self._w_heads = np.ascontiguousarray(np.concatenate([_np(m.weight) for m in model.head_in]), dtype=_F32)
-        self._b_heads = np.ascontiguousarray(np.concatenate([_np(m.bias) for m in model.head_in]), dtype=_F32)
-        w_in = [_np(m.weight) for m in model.head_in]
-        self._U_tables = []
-        for j, c in enumerate(model.cond):
-            cj = _np(c.weight)
-            self._U_tables.append(np.ascontiguousarray(
-                np.concatenate([cj @ w_in[k].T for k in range(j + 1, F)], axis=1), dtype=_F32))
-        # the output layers with their bias as the last column; field 0's with the gate row
-        self._w_out = []
-        for k, m in enumerate(model.head_out):
-            w = np.concatenate([_np(m.weight), _np(m.bias)[:, None]], axis=1)
-            if k == 0 and self.copy:  # the copy gate as one more output of field 0
-                g = np.concatenate([_np(model.gate.weight), _np(model.gate.bias)[:, None]], axis=1)
-                w = np.concatenate([w, g], axis=0)
-            self._w_out.append(np.ascontiguousarray(w, dtype=_F32))
+        """The step's float32 arrays (:func:`~midi_bridge.model.step_tables.build_tables`)."""
+        build_tables(self, model)
 
     def _build(self, model: EventRNN, int8: bool) -> None:
         if self.device.type != "cpu":
@@ -274,17 +123,23 @@ class Stepper:
         self._cell_fns = []
         self._packs = []  # every int8-packed matrix (None: float32)
         hh = []
+        # (INT8_MIN_SIZE and _prepack_int8 read from this module: the tests patch them here)
+        q = Int8(INT8_MIN_SIZE, _prepack_int8) if int8 else None
         for i in range(L):
-            cell, packed_hh = (self._cell_lstm if self.lstm else self._cell_gru)(rnn, i, int8)
+            if self.lstm:
+                cell, packed_hh, packs = lstm_cell(rnn, i, H, self._hbuf, self._x0, q, self._cbuf)
+            else:
+                cell, packed_hh, packs = gru_cell(rnn, i, H, self._hbuf, self._x0, q)
             self._cell_fns.append(cell)
+            self._packs += packs
             hh.append(packed_hh)
 
         # heads
         self._pre = np.zeros(F * A, dtype=_F32)  # W_k h + b_k for every field k
         self._work = np.zeros(F * A, dtype=_F32)  # ... + the prefix's rows
         hL, hL1 = self._hbuf[L - 1, :H], self._hbuf[L - 1]
-        self._head0_mv, p0 = _matvec(self._w_heads[:A], self._b_heads[:A], hL, self._pre[:A], int8, hL1)
-        self._rest_mv, p1 = _matvec(self._w_heads[A:], self._b_heads[A:], hL, self._pre[A:], int8, hL1) \
+        self._head0_mv, p0 = _matvec(self._w_heads[:A], self._b_heads[:A], hL, self._pre[:A], q, hL1)
+        self._rest_mv, p1 = _matvec(self._w_heads[A:], self._b_heads[A:], hL, self._pre[A:], q, hL1) \
             if F > 1 else (None, None)
         self._packs += [p0, p1]
         self._U = [list(u) for u in self._U_tables]  # row views
@@ -302,96 +157,6 @@ class Stepper:
         self._applied: list = []  # the prefix folded into ``_work``
         self.w_hh = [_PackedInfo(p) for p in hh]  # (int8 or not, for the benchmark)
         self.int8 = any(p is not None for p in self._packs)
-
-    def _cell_gru(self, rnn, i: int, int8: bool):
-        H = self.H
-        h = self._hbuf[i, :H]
-        gh = np.zeros(3 * H, dtype=_F32)
-        mv_h, ph = _matvec(_np(getattr(rnn, f"weight_hh_l{i}")), _np(getattr(rnn, f"bias_hh_l{i}")), h, gh, int8,
-                           self._hbuf[i])
-        if i == 0:
-            gi, mv_i, pi = self._x0, None, None
-        else:
-            gi = np.zeros(3 * H, dtype=_F32)
-            mv_i, pi = _matvec(_np(getattr(rnn, f"weight_ih_l{i}")), _np(getattr(rnn, f"bias_ih_l{i}")),
-                               self._hbuf[i - 1, :H], gi, int8, self._hbuf[i - 1])
-        self._packs += [ph, pi]
-        rz = np.zeros(2 * H, dtype=_F32)
-        n = np.zeros(H, dtype=_F32)
-        gi_rz, gh_rz = gi[:2 * H], gh[:2 * H]
-        t = torch.from_numpy
-        rz_t, n_t, h_t = t(rz), t(n), t(h)
-        r_t, z_t = rz_t[:H], rz_t[H:]
-        gi_n_t, gh_n_t = t(gi)[2 * H:], t(gh)[2 * H:]
-        add, addcmul, lerp = np.add, torch.addcmul, torch.lerp
-
-        def cell():
-            if mv_i is not None:
-                mv_i()
-            mv_h()
-            add(gi_rz, gh_rz, out=rz)
-            rz_t.sigmoid_()
-            addcmul(gi_n_t, r_t, gh_n_t, out=n_t)  # n = tanh(W_in x + b_in + r (W_hn h + b_hn))
-            n_t.tanh_()
-            lerp(n_t, h_t, z_t, out=h_t)  # h' = n + z (h - n)
-        return cell, ph
-
-    def _cell_lstm(self, rnn, i: int, int8: bool):
-        H = self.H
-        g = np.zeros(4 * H, dtype=_F32)
-        w_hh = _np(getattr(rnn, f"weight_hh_l{i}"))
-        if i == 0:  # the input part and both biases come from the tables
-            mv, p = _matvec(w_hh, None, self._hbuf[0, :H], g, int8)
-            x0, add = self._x0, np.add
-
-            def gates():
-                mv()
-                add(g, x0, out=g)
-        else:  # [W_ih | b_ih + b_hh | W_hh] [h_{i-1}; 1; h_i] in one product
-            w_ih = _np(getattr(rnn, f"weight_ih_l{i}"))
-            b = _np(getattr(rnn, f"bias_ih_l{i}")) + _np(getattr(rnn, f"bias_hh_l{i}"))
-            if int8 and w_ih.size + w_hh.size >= INT8_MIN_SIZE:  # (fbgemm: the bias apart)
-                w = np.concatenate([w_ih, np.zeros((4 * H, 1), dtype=_F32), w_hh], axis=1)
-                x1 = self._hbuf.reshape(-1)[(i - 1) * (H + 1):(i + 1) * (H + 1) - 1]
-                gates, p = _matvec(np.ascontiguousarray(w), b, x1, g, int8)
-            else:
-                w = np.concatenate([w_ih, b[:, None], w_hh], axis=1)
-                x1 = self._hbuf.reshape(-1)[(i - 1) * (H + 1):(i + 1) * (H + 1) - 1]
-                gates, p = _matvec(np.ascontiguousarray(w), None, x1, g, False)
-        self._packs.append(p)
-        t = torch.from_numpy
-        g_t, h_t, c_t = t(g), t(self._hbuf[i, :H]), t(self._cbuf[i])
-        tmp_t = torch.zeros(H)
-        if_t, gg_t, o_t = g_t[:2 * H], g_t[2 * H:3 * H], g_t[3 * H:]
-        i_t, f_t = g_t[:H], g_t[H:2 * H]
-        mul, addcmul = torch.mul, torch.addcmul
-
-        def cell():
-            gates()
-            if_t.sigmoid_()
-            gg_t.tanh_()
-            o_t.sigmoid_()
-            mul(f_t, c_t, out=c_t)
-            addcmul(c_t, i_t, gg_t, out=c_t)  # c' = f c + i g
-            torch.tanh(c_t, out=tmp_t)
-            mul(o_t, tmp_t, out=h_t)  # h' = o tanh(c')
-        return cell, p
-
-    def _sample_buffers(self) -> None:
-        n = max(self.sizes)
-        self._p = np.zeros(n, dtype=np.float64)
-        self._pm = np.zeros(n, dtype=np.float64)
-        self._ps = np.zeros(n, dtype=np.float64)
-        self._cum = np.zeros(n, dtype=np.float64)
-        self._pk = [self._p[:s] for s in self.sizes]
-        self._pmk = [self._pm[:s] for s in self.sizes]
-        self._psk = [self._ps[:s] for s in self.sizes]
-        self._cumk = [self._cum[:s] for s in self.sizes]
-        self._srt = np.zeros(n, dtype=np.float64)
-        self._srtk = [self._srt[:s] for s in self.sizes]
-        self._alive = np.zeros(4, dtype=np.float64)
-        self._cand_arr = np.zeros((4, self.F), dtype=np.intp)
-        self._cand_q = np.zeros(4, dtype=np.float64)
 
     # -- backend (overridden by the CUDA-graph stepper) -------------------------------------
     def _net(self, rows) -> None:
@@ -606,134 +371,6 @@ class Stepper:
             r *= self._rnn_probs(j, prefix, temperature)[int(prefix[j])]
         p = self._rnn_probs(k, prefix, temperature)
         return self._mix(k, prefix, p, r, self._gate())
-
-    def sample(self, temperature: float = 1.0, top_p: float = 1.0, masks=None, given=()) -> tuple:
-        """Sample the next event field by field (the network's fields at ``temperature``,
-        mixed with the in-piece candidates).  ``masks`` maps a field name to a boolean
-        array of allowed values; ``given`` fixes the first fields (e.g. dt and pitch)."""
-        event = [int(v) for v in given]
-        n_given = len(event)
-        inv_t = 1.0 / max(temperature, 1e-4) if temperature != 1.0 else 1.0
-        g = self._gate()
-        # the candidates still agreeing with the sampled prefix, and their mass (at most
-        # K_CANDIDATES = 4 of them: scalar work, cheaper than any array op here)
-        alive = list(zip(self.cands, self.q)) if g > 0.0 else ()
-        fields = self.spec.fields
-        mul, exp = np.multiply, np.exp
-        r = 1.0
-        with np.errstate(over="ignore"):  # (an overflow is caught by the range check)
-            for k in range(self.F):
-                logits = self._logits0() if k == 0 else self._next(k, event)
-                e = self._pk[k]
-                # exp(logits / T) without the max subtracted (one op less); where its sum
-                # leaves a safe range (extreme logits or temperatures) it is done again with it
-                if inv_t == 1.0:
-                    exp(logits, out=e)
-                else:
-                    mul(logits, inv_t, out=e)
-                    exp(e, out=e)
-                if k < n_given:
-                    v = event[k]
-                    Z = float(e.sum())
-                    if not _LO < Z < _HI:
-                        Z = self._softmax_safe(k, logits, inv_t)
-                    r *= e[v] / Z
-                else:
-                    mask = None if masks is None else masks.get(fields[k].name)
-                    if mask is None and not alive:
-                        v, Z = self._pick_rnn(k, e, top_p, logits, inv_t, event, temperature)
-                        r *= e[v] / Z
-                    else:
-                        Z = float(e.sum())
-                        if not _LO < Z < _HI:
-                            Z = self._softmax_safe(k, logits, inv_t)
-                        p, total = e, Z
-                        if alive:  # g q + (1 - g) p_rnn, in the units of e: e + q g Z / ((1 - g) r)
-                            p = self._pmk[k]
-                            p[:] = e
-                            w = (1.0 - g) * r
-                            if w > 0.0:
-                                scale = g * Z / w
-                                for c, qc in alive:
-                                    p[c[k]] += qc * scale
-                                    total += qc * scale
-                            else:  # (the network's part underflowed: the candidates alone)
-                                p.fill(0.0)
-                                total = 0.0
-                                for c, qc in alive:
-                                    p[c[k]] += qc
-                                    total += qc
-                        if mask is not None:
-                            pm = self._psk[k]
-                            mul(p, mask, out=pm)
-                            total = float(pm.sum())
-                            p = pm
-                        if 0.0 < total < _INF:
-                            v = self._pick(k, p, total, top_p)
-                        else:  # NaN/inf, or the mask's values all underflowed
-                            v = self._draw_slow(k, self._mix(k, event, e / Z, r, g), mask, top_p, event, temperature)
-                        r *= e[v] / Z
-                    event.append(v)
-                if alive:
-                    alive = [cq for cq in alive if cq[0][k] == v]
-        return tuple(event)
-
-    def _softmax_safe(self, k: int, logits, inv_t: float) -> float:
-        """``_p[:size_k] = exp(logits / T - max)``; returns their sum."""
-        e = self._pk[k]
-        np.multiply(logits, inv_t, out=e)
-        np.subtract(e, e.max(), out=e)
-        np.exp(e, out=e)
-        return float(e.sum())
-
-    def _pick(self, k: int, p: np.ndarray, total: float, top_p: float) -> int:
-        """Draw from the unnormalised ``p`` (sum ``total`` > 0): one ``rng.random()``; with
-        ``top_p`` < 1 from the smallest set of most likely values holding that mass."""
-        cum = self._cumk[k]
-        if top_p < 1.0:
-            order = p.argsort()[::-1]
-            np.take(p, order, out=self._srtk[k])
-            np.cumsum(self._srtk[k], out=cum)
-            keep = min(int(cum.searchsorted(top_p * total)) + 1, self.sizes[k])
-            u = self.rng.random() * cum[keep - 1]
-            return int(order[min(int(cum.searchsorted(u, side="right")), keep - 1)])
-        np.cumsum(p, out=cum)
-        u = self.rng.random() * total
-        return min(int(cum.searchsorted(u, side="right")), self.sizes[k] - 1)
-
-    def _pick_rnn(self, k, e, top_p, logits, inv_t, event, temperature) -> tuple[int, float]:
-        """:meth:`_pick` from the network's ``e`` alone, its sum taken from the cumulative
-        sum the draw needs anyway; returns ``(value, sum)``."""
-        cum = self._cumk[k]
-        if top_p < 1.0:
-            order = e.argsort()[::-1]
-            np.take(e, order, out=self._srtk[k])
-            np.cumsum(self._srtk[k], out=cum)
-        else:
-            np.cumsum(e, out=cum)
-        Z = float(cum[-1])
-        if not _LO < Z < _HI:
-            Z = self._softmax_safe(k, logits, inv_t)
-            if not 0.0 < Z < _INF:
-                return self._draw_slow(k, e, None, top_p, event, temperature), Z
-            return self._pick(k, e, Z, top_p), Z
-        if top_p < 1.0:
-            keep = min(int(cum.searchsorted(top_p * Z)) + 1, self.sizes[k])
-            u = self.rng.random() * cum[keep - 1]
-            return int(order[min(int(cum.searchsorted(u, side="right")), keep - 1)]), Z
-        u = self.rng.random() * Z
-        return min(int(cum.searchsorted(u, side="right")), self.sizes[k] - 1), Z
-
-    def _draw_slow(self, k, p, mask, top_p, event, temperature) -> int:
-        """NaN/inf, or a mask whose every allowed value underflowed (a low temperature):
-        the general path (the network's distribution over the allowed values only, so the
-        mask still holds; non-finite logits refused by :func:`sample_index`)."""
-        p = np.array(p, dtype=np.float64)
-        if mask is not None and np.any(mask) and not np.any(np.where(mask, p, 0.0) > 0):
-            logits = np.where(mask, self._rnn_logits(k, event, temperature), -np.inf)
-            if np.isfinite(logits.max()):
-                p = np.exp(logits - logits.max())
-        return sample_index(p, self.rng, top_p=top_p, mask=mask)
 
     def log_prob(self, event) -> float:
         """Natural log-probability of a whole event from the current state."""

@@ -196,7 +196,8 @@ def ctx(**kw) -> Context:
 def test_plugin_declaration():
     assert issubclass(MarkovGenerator, Generator)
     assert MarkovGenerator.modes == frozenset({"continue"})
-    assert set(MarkovGenerator.default_config) == {"order", "temperature", "max_history", "low", "high", "seed"}
+    assert set(MarkovGenerator.default_config) == {"order", "temperature", "max_history", "low", "high", "seed",
+                                                   "predictor", "stm_order", "b", "mix"}
 
 
 def test_empty_before_any_input():
@@ -247,8 +248,9 @@ def test_pitch_range():
     assert notes and all(58 <= n.pitch <= 63 for n in notes)
 
 
-def test_reproduces_motif_transposed_with_player_timing_and_dynamics():
-    gen, player = trained(order=4)
+@pytest.mark.parametrize("settings", [{"predictor": "backoff"}, {"predictor": "idyom", "temperature": 0.0}])
+def test_reproduces_motif_transposed_with_player_timing_and_dynamics(settings):
+    gen, player = trained(order=4, **settings)
     gen.reset()  # a new phrase: the motif's first four notes, a fourth higher
     player.phrase([p + 5 for p in MOTIF[:4]], IOIS[:4], DURS[:4], VELS[:4])
     notes = list(gen.continuation(ctx(max_notes=4)))
@@ -286,24 +288,26 @@ def test_observe_work_does_not_grow_with_history():
         player.note(rng.randrange(55, 80), ioi=rng.choice([0.25, 0.5, 1.0]))
         costs.append(gen.ops - before)
     assert gen.history_size == max_history
-    assert max(costs) <= 2 * (order + 1)  # order+1 insertions, order+1 removals
-    assert costs[300:1000] == costs[-700:] == [2 * (order + 1)] * 700
+    per_note = 2 * (order + 1) + 2 * (gen.stm_order + 1)  # insertions and removals, both models
+    assert max(costs) <= per_note
+    assert costs[300:1000] == costs[-700:] == [per_note] * 700
     assert len(gen._index) <= max_history * (order + 1)
     notes = list(gen.continuation(ctx(max_notes=10)))
     assert len(notes) == 10
 
 
 
-def test_the_performers_live_temperature_overrides_the_configured_one(monkeypatch):
+@pytest.mark.parametrize("predictor, draw", [("idyom", "choose_index"), ("backoff", "choose")])
+def test_the_performers_live_temperature_overrides_the_configured_one(monkeypatch, predictor, draw):
     """The temperature knob / the status screen's +/- (Context.temperature, contract 1.1) is
     'the generator's sampling temperature' (docs/controllers.md); before, markov ignored it
     and always sampled at its configured temperature."""
     import midi_bridge.generators.markov as markov
 
-    gen, _ = trained(temperature=1.0)
+    gen, _ = trained(temperature=1.0, predictor=predictor)
     seen = []
-    real = markov.choose
-    monkeypatch.setattr(markov, "choose", lambda rng, w, t: seen.append(t) or real(rng, w, t))
+    real = getattr(markov, draw)
+    monkeypatch.setattr(markov, draw, lambda rng, w, t: seen.append(t) or real(rng, w, t))
     list(gen.continuation(ctx(max_notes=4, temperature=0.3)))
     assert seen and set(seen) == {0.3}
     seen.clear()
@@ -314,7 +318,8 @@ def test_the_performers_live_temperature_overrides_the_configured_one(monkeypatc
 @pytest.mark.parametrize("settings, key", [
     ({"order": "four"}, "order"), ({"order": -1}, "order"), ({"temperature": "hot"}, "temperature"),
     ({"max_history": 0}, "max_history"), ({"low": 200}, "low"), ({"high": "C5"}, "high"),
-    ({"low": 80, "high": 60}, "low"), ({"seed": 1.5}, "seed"),
+    ({"low": 80, "high": 60}, "low"), ({"seed": 1.5}, "seed"), ({"predictor": "lstm"}, "predictor"),
+    ({"mix": "harmonic"}, "mix"), ({"b": -1}, "b"), ({"stm_order": "x"}, "stm_order"),
 ])
 def test_bad_settings_are_refused_naming_the_key(settings, key):
     """Before: 'invalid literal for int()' with no setting named, or low > high silently
@@ -322,3 +327,30 @@ def test_bad_settings_are_refused_naming_the_key(settings, key):
     with pytest.raises(ValueError) as e:
         MarkovGenerator(settings)
     assert f"generators.markov.{key}" in str(e.value)
+
+
+def test_generator_predicts_with_the_offline_idyom_mixture():
+    """The live predictor is the evaluator's: a long-term PPM of everything played, a
+    short-term PPM of the phrase (order stm_order), entropy-weighted (same b, same mix)."""
+    from midi_bridge.generators.markov import TOKEN_ALPHABET
+    from midi_bridge.model.idyom import Prior, mix
+
+    for kind in ("arithmetic", "geometric"):
+        gen = MarkovGenerator({"seed": 2, "order": 3, "stm_order": 2, "b": 1.5, "mix": kind})
+        player = Player(gen)
+        rng = random.Random(4)
+        ltm = PPM(max_order=3, alphabet_size=TOKEN_ALPHABET)
+        for phrase in range(3):
+            gen.reset()
+            ltm.reset_context()
+            stm = PPM(max_order=2, alphabet_size=TOKEN_ALPHABET, piece_weight=1.0)
+            for _ in range(25):
+                player.note(rng.choice([60, 62, 64, 65, 67]), ioi=rng.choice([0.25, 0.5, 1.0]))
+                token = gen._context[-1]
+                ltm.update(token)
+                stm.update(token, train=False)
+            live = gen.predict(gen._context)
+            offline = mix([ltm.distribution(), stm.distribution()], Prior.uniform(TOKEN_ALPHABET), 1.5, kind)
+            assert live.weights == pytest.approx(offline.weights, rel=1e-9)
+            for t in gen._tokens:
+                assert live.prob(t) == pytest.approx(offline.prob(t), rel=1e-9, abs=1e-15)

@@ -74,17 +74,59 @@ def test_refuses_code_in_checkpoint(tmp_path):
     assert model_cli(["evaluate", "--checkpoint", str(path), "--dataset", str(tmp_path)]) == 2
 
 
-def test_ddp_two_processes_gloo(dataset, tmp_path):
-    run = tmp_path / "ddp"
+def _torchrun(dataset, run, *extra):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "midi_bridge.training.cli", "train", "-d", str(dataset), "-o", str(run), "--epochs", "2",
-           "--device", "cpu", *TINY]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+           "-m", "midi_bridge.training.cli", "train", "-d", str(dataset), "-o", str(run), "--device", "cpu", *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+DDP = ["--hidden", "16", "--emb", "8", "--head", "16", "--layers", "1", "--quiet", "--dropout", "0",
+       "--epochs", "2", "--seed", "4", "--batch-events", "192"]
+
+
+def test_ddp_two_processes_gloo(dataset, tmp_path):
+    """Two ranks both step, drop no batch, and learn what one process learns from the same
+    steps (--accumulate 2: the same two batches per optimizer step)."""
+    import random
+    import re
+
+    from midi_bridge.training.train import featurize, make_batches
+
+    (dataset / "train.cache-v2.pt").unlink(missing_ok=True)  # rank 0 writes it, rank 1 waits and reads
+    proc = _torchrun(dataset, tmp_path / "ddp", *DDP)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stderr
-    _, meta, state = checkpoint.load(run / "last.pt")
+    assert (dataset / "train.cache-v2.pt").exists() and not list(dataset.glob("*.tmp"))
+    _, meta, state = checkpoint.load(tmp_path / "ddp" / "last.pt")
     assert state["epoch"] == 1 and len(meta["history"]) == 2
+    # every batch of every epoch is trained on, and both ranks take the same number of steps
+    pieces = featurize(dataset, "train", checkpoint.load(tmp_path / "ddp" / "last.pt")[0].spec.sizes)
+    per_epoch = [len(make_batches(pieces, 512, 192, random.Random(4 * 1000 + e))) for e in range(2)]
+    assert any(n % 2 for n in per_epoch)  # a leftover batch that the old loop dropped
+    ranks = {int(r): (int(st), int(b)) for r, st, b in
+             re.findall(r"rank (\d) of 2: (\d+) optimizer steps, (\d+) batches", proc.stderr)}
+    assert set(ranks) == {0, 1}
+    assert ranks[0][0] == ranks[1][0] == sum((n + 1) // 2 for n in per_epoch) > 0
+    assert ranks[0][1] + ranks[1][1] == sum(per_epoch) and ranks[1][1] > 0
+    # one process, two batches per step: the same optimizer steps
+    assert model_cli(["train", "-d", str(dataset), "-o", str(tmp_path / "one"), "--device", "cpu", "--accumulate",
+                      "2", *DDP]) == 0
+    _, meta1, _ = checkpoint.load(tmp_path / "one" / "last.pt")
+    for h2, h1 in zip(meta["history"], meta1["history"]):
+        assert h2["train_bits_per_note"] == pytest.approx(h1["train_bits_per_note"], abs=1e-4)
+        assert h2["val_bits_per_note"] == pytest.approx(h1["val_bits_per_note"], abs=1e-4)
+    a = checkpoint.load_raw(tmp_path / "ddp" / "last.pt")["model"]
+    b = checkpoint.load_raw(tmp_path / "one" / "last.pt")["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)  # equal here, in fact
+
+
+def test_ddp_with_fewer_batches_than_ranks_is_an_error(dataset, tmp_path):
+    """Before: 0 steps, exit 0, best.pt = the initial weights."""
+    proc = _torchrun(dataset, tmp_path / "ddp", *TINY[:-3], "--batch-events", "8192", "--epochs", "1", "--quiet")
+    assert proc.returncode != 0
+    assert "for 2 processes" in proc.stderr and "Lower --batch-events" in proc.stderr
+    assert not (tmp_path / "ddp" / "best.pt").exists()
 
 
 def test_evaluate_json(dataset, tmp_path, capsys):
@@ -192,3 +234,33 @@ def test_wrong_kind_or_truncated_checkpoint_messages(dataset, tmp_path, capsys):
         checkpoint.load(dataset / "train.pt")
     with pytest.raises(checkpoint.CheckpointError, match="folder"):
         checkpoint.load(run)
+
+
+def test_evaluate_a_dataset_with_a_subset_of_the_checkpoints_styles(dataset, tmp_path, capsys):
+    """Before: "dataset styles ['folk'] do not match the checkpoint's ['chorale', 'folk']"."""
+    from midi_bridge.model.encoding import EventSpec
+    from midi_bridge.training.dataset import load_meta
+    from midi_bridge.training.evaluate import evaluate, rnn_metrics
+    from midi_bridge.training.train import featurize
+
+    run = tmp_path / "run"
+    assert model_cli(["train", "-d", str(dataset), "-o", str(run), "--epochs", "1", *TINY]) == 0
+    model, meta, _ = checkpoint.load(run / "best.pt")
+    assert meta["styles"] == ["chorale", "folk"]
+    folk = tmp_path / "folk"
+    prepare([dataset.parent / "src" / "folk"], folk, mono=True, style="folk", log=lambda *a, **k: None)
+    assert load_meta(folk)["styles"] == ["folk"]
+    alone = evaluate(run / "best.pt", folk, split="train", markov=False)["rnn"]
+    spec = EventSpec.from_dict(load_meta(dataset)["spec"])
+    inside = [p for p in featurize(dataset, "train", spec.sizes) if p[4] == 1]  # folk = 1 in the checkpoint
+    both = rnn_metrics(model, inside, spec)
+    assert alone["notes"] == both["notes"] > 0
+    assert alone["bits_per_note"] == pytest.approx(both["bits_per_note"], abs=2e-4)
+    wrong = rnn_metrics(model, [p[:4] + (0,) for p in inside], spec)  # read as chorale: another figure
+    assert wrong["bits_per_note"] != pytest.approx(both["bits_per_note"], abs=2e-4)
+    other = tmp_path / "other"
+    prepare([dataset.parent / "src" / "folk"], other, mono=True, style="ballads", log=lambda *a, **k: None)
+    capsys.readouterr()
+    assert model_cli(["evaluate", "--checkpoint", str(run / "best.pt"), "--dataset", str(other), "--split", "train",
+                      "--no-markov"]) == 2
+    assert "missing: ['ballads']" in capsys.readouterr().err

@@ -15,6 +15,8 @@ import random
 from collections import deque
 from typing import Any, Hashable
 
+from .idyom import Prior, escape_c
+
 
 class _Node:
     """A context of the PPM suffix trie: counts of the tokens that followed it."""
@@ -45,7 +47,10 @@ class PPM:
     ``escape / (alphabet_size - seen)``, where ``escape`` is the mass that reached order -1
     and ``seen`` the number of distinct tokens learned so far.  ``alphabet_size`` must
     therefore be the size of the token vocabulary (e.g. 128 for MIDI pitches).  If every
-    token of the alphabet has been seen, the escape mass is renormalised over them.
+    token of the alphabet has been seen, the escape mass is renormalised over them.  With a
+    ``prior`` (:class:`midi_bridge.model.idyom.Prior`, e.g. the product of per-field
+    marginals of rows) the escape mass is shared in proportion to the prior instead:
+    ``escape * prior(x) / (1 - sum of the prior over the seen tokens)``.
 
     **In-piece table.**  With ``piece_weight = w > 0`` a second count table holds only the
     current piece (it is cleared by :meth:`reset_context`); prediction uses the blended
@@ -60,7 +65,8 @@ class PPM:
     (``ops`` counts them); :meth:`distribution` costs the sizes of the contexts visited.
     """
 
-    def __init__(self, max_order: int = 8, alphabet_size: int = 128, piece_weight: float = 0.0) -> None:
+    def __init__(self, max_order: int = 8, alphabet_size: int = 128, piece_weight: float = 0.0,
+                 prior: Prior | None = None) -> None:
         if not 0 <= max_order <= 32:
             raise ValueError("max_order must be in 0..32")
         if alphabet_size < 1:
@@ -70,6 +76,7 @@ class PPM:
         self.max_order = max_order
         self.alphabet_size = alphabet_size
         self.piece_weight = float(piece_weight)
+        self.prior = prior
         self.ops = 0  # trie nodes touched by update(): instrumentation for tests
         self._root = _Node()
         self._piece = _Node()
@@ -117,30 +124,14 @@ class PPM:
 
         ``probs`` maps every token seen so far to its probability; ``escape`` is the total
         probability left for the ``alphabet_size - len(probs)`` unseen tokens (shared
-        equally among them).  ``sum(probs.values()) + escape == 1``.
+        equally among them, or by the ``prior``).  ``sum(probs.values()) + escape == 1``.
         """
         gpath = self._path(self._root)
         ppath = self._path(self._piece) if self.piece_weight > 0 else []
         w = self.piece_weight
-        probs: dict[Hashable, float] = {}
-        remaining = 1.0
-        for k in range(max(len(gpath), len(ppath)) - 1, -1, -1):
-            counts: dict[Hashable, float] = {}
-            if k < len(gpath):
-                for t, c in gpath[k].counts.items():
-                    if t not in probs:
-                        counts[t] = float(c)
-            if k < len(ppath):
-                for t, c in ppath[k].counts.items():
-                    if t not in probs:
-                        counts[t] = counts.get(t, 0.0) + w * c
-            q = len(counts)
-            if q == 0:
-                continue  # nothing left here: all the mass escapes
-            denom = sum(counts.values()) + q
-            for t, c in counts.items():
-                probs[t] = remaining * c / denom
-            remaining *= q / denom
+        levels = [[(path[k].counts, weight) for path, weight in ((gpath, 1.0), (ppath, w)) if k < len(path)]
+                  for k in range(max(len(gpath), len(ppath)) - 1, -1, -1)]
+        probs, remaining = escape_c(levels)
         if self.alphabet_size - len(probs) > 0:
             return probs, remaining
         total = 1.0 - remaining  # alphabet exhausted: nothing to escape to
@@ -151,6 +142,8 @@ class PPM:
         probs, escape = self.distribution()
         if token in probs:
             return probs[token]
+        if self.prior is not None:
+            return escape * self.prior.unseen_price(probs, token)
         unseen = self.alphabet_size - len(probs)
         return escape / unseen if unseen > 0 else 0.0
 
@@ -183,3 +176,17 @@ def choose(rng: random.Random, weighted: list[tuple[Any, float]], temperature: f
         if r < 0:
             return item
     return scaled[-1][0]
+
+
+def choose_index(rng: random.Random, weights, temperature: float) -> int:
+    """:func:`choose` over a numpy array of weights: the index drawn (``temperature <= 0``:
+    the largest).  The same draw as ``choose(rng, list(enumerate(weights)), temperature)``."""
+    import numpy as np
+
+    w = np.asarray(weights, dtype=np.float64)
+    if temperature <= 0:
+        return int(np.argmax(w))
+    scaled = (w / w.max()) ** (1.0 / temperature)
+    cum = np.cumsum(scaled)
+    r = rng.random() * float(cum[-1])
+    return min(int(np.searchsorted(cum, r, side="right")), len(w) - 1)

@@ -1,25 +1,31 @@
-"""``evaluate``: the RNN beside two baselines on one split (default: test).
+"""``evaluate``: the RNN beside the baselines on one split (default: test).
 
 * ``rnn``: the checkpoint, teacher forcing over whole pieces (the in-piece copy mixture
-  included, exactly as the step API computes it).
-* ``markov``: the PPM of :mod:`midi_bridge.model.ppm` (escape C with exclusion, in-piece counts
-  weighted by ``piece_weight``) over one token per event (the event row as a tuple),
-  fitted on the train split's untransposed pieces; its order and piece weight are tuned
-  on about 8,000 events of whole validation pieces (drawn with a fixed seed) unless
-  ``--markov-order`` is given (an empty validation split: order 8, piece weight 32).
-* ``unigram``: the same PPM at order 0 without in-piece counts.
+  included, exactly as the step API computes it).  A dataset may hold a subset of the
+  checkpoint's styles: its style labels are mapped to the checkpoint's by name.
+* ``markov``: the strongest baseline, IDyOM-style (:mod:`midi_bridge.training.baseline`):
+  a long-term PPM of the train split (escape C with exclusion, plus the piece's counts
+  weighted by ``piece_weight``; unseen rows priced by the per-field marginals) and a
+  short-term PPM of the current piece alone, mixed by entropy weights (exponent ``b``,
+  arithmetic or geometric).  The order is the blend's; piece weight, ``b`` and the mixture
+  are tuned on validation.
+* ``markov_blend``: the long-term PPM alone with the uniform price of unseen rows (the
+  ``markov`` of earlier releases); order and piece weight tuned on about 8,000 events of
+  whole validation pieces (drawn with a fixed seed) unless ``--markov-order`` is given (an
+  empty validation split: order 8, piece weight 32).
+* ``unigram``: the blend at order 0 without in-piece counts.
 
 Metrics: ``bits_per_note`` = total negative log2-likelihood of all events / number of
 notes (all fields of a note summed; WAIT events count in the total, not as notes);
 ``perplexity`` = 2 ** bits_per_note; ``accuracy`` = share of notes predicted exactly
 (rnn: every field's most likely value, given the true earlier fields, is the true one;
-baselines: the most likely token is the true one).
+baselines: the most likely token is the true one).  ``rnn.ratio_to_markov`` is against
+the strongest baseline, ``rnn.ratio_to_markov_blend`` against the old one.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 
@@ -27,23 +33,14 @@ import numpy as np
 import torch
 
 from midi_bridge.model import checkpoint
-from midi_bridge.model.encoding import WAIT, EventSpec
-from midi_bridge.model.ppm import PPM
+from midi_bridge.model.encoding import EventSpec
+from .baseline import (B_GRID, DEFAULT_B, DEFAULT_MIX, DEFAULT_ORDER, DEFAULT_WEIGHT, PPM_ORDERS,  # noqa: F401
+                       PPM_WEIGHTS, STM_ORDER, TUNE_EVENTS, field_prior, fit_ppm, idyom_score, metrics,
+                       notes_in, ppm_score, take_events, tune_idyom, tune_ppm)
 from .dataset import load_meta
 from .train import LN2, evaluate_batches, featurize, make_batches
 
-PPM_ORDERS = (2, 4, 6, 8, 10)
-PPM_WEIGHTS = (0.0, 1.0, 4.0, 16.0, 32.0, 64.0)
-TUNE_EVENTS = 8000
-DEFAULT_ORDER, DEFAULT_WEIGHT = 8, 32.0  # the markov baseline without a val split to tune on (the
-# values tuned for the shipped melody model, docs/models.md)
-
-
-def _notes(pieces, spec: EventSpec) -> int:
-    total = 0
-    for ev, *_ in pieces:
-        total += int((ev[:, 1] != WAIT).sum()) if spec.view == "notes" else len(ev)
-    return total
+_notes, _metrics, _take_events = notes_in, metrics, take_events  # the names of earlier releases
 
 
 def rnn_metrics(model, pieces, spec: EventSpec) -> dict:
@@ -52,72 +49,20 @@ def rnn_metrics(model, pieces, spec: EventSpec) -> dict:
     return _metrics(s["nll"] / LN2, _notes(pieces, spec), s["correct"])
 
 
-def _metrics(bits: float, notes: int, correct: int) -> dict:
-    bpn = bits / max(1, notes)
-    return {"bits_per_note": round(bpn, 4), "accuracy": round(correct / max(1, notes), 4),
-            "perplexity": round(2.0 ** bpn, 3), "notes": notes}
+def style_map(dataset_styles, checkpoint_styles) -> list[int]:
+    """The checkpoint's index of each of the dataset's styles (by name)."""
+    missing = [s for s in dataset_styles if s not in checkpoint_styles]
+    if missing:
+        raise ValueError(f"dataset styles {list(dataset_styles)} are not all among the checkpoint's "
+                         f"{list(checkpoint_styles)} (missing: {missing}): evaluate a dataset of the styles the "
+                         "model was trained on")
+    return [list(checkpoint_styles).index(s) for s in dataset_styles]
 
 
-def fit_ppm(pieces, order: int, alphabet: int, piece_weight: float = 0.0):
-    model = PPM(max_order=order, alphabet_size=alphabet, piece_weight=0.0)
-    for ev, *_ in pieces:
-        model.reset_context()
-        for row in ev.tolist():
-            model.update(tuple(row))
-    model.piece_weight = piece_weight
-    return model
-
-
-def ppm_score(model, pieces, spec: EventSpec) -> dict:
-    bits, correct = 0.0, 0
-    for ev, *_ in pieces:
-        model.reset_context()
-        for row in ev.tolist():
-            tok = tuple(row)
-            probs, escape = model.distribution()
-            p = probs.get(tok)
-            if p is None:
-                unseen = model.alphabet_size - len(probs)
-                p = escape / unseen if unseen > 0 else 0.0
-            bits -= math.log2(p) if p > 0 else -1e9
-            if probs and (spec.view != "notes" or tok[1] != WAIT) and max(probs, key=probs.get) == tok:
-                correct += 1
-            model.update(tok, train=False)
-    return _metrics(bits, _notes(pieces, spec), correct)
-
-
-def _take_events(pieces, n: int):
-    """About ``n`` events of whole pieces drawn evenly (seeded) from the split."""
-    import random
-
-    order = list(range(len(pieces)))
-    random.Random(0).shuffle(order)
-    out, total = [], 0
-    for p in (pieces[i] for i in order):
-        if total >= n:
-            break
-        out.append(p)
-        total += len(p[0])
-    return out
-
-
-def tune_ppm(train, val, spec: EventSpec, alphabet: int, orders=PPM_ORDERS, weights=PPM_WEIGHTS, log=None):
-    """Best (order, piece_weight) by bits per note on the first TUNE_EVENTS of val."""
-    subset = _take_events(val, TUNE_EVENTS)
-    best = None
-    results = []
-    for order in orders:
-        model = fit_ppm(train, order, alphabet)
-        for w in weights:
-            model.piece_weight = w
-            m = ppm_score(model, subset, spec)
-            results.append({"order": order, "piece_weight": w, "val_bits_per_note": m["bits_per_note"]})
-            if log:
-                log(f"  ppm order {order} piece weight {w:g}: {m['bits_per_note']:.3f} bits/note on val")
-            if best is None or m["bits_per_note"] < best[2]:
-                best = (order, w, m["bits_per_note"])
-        del model
-    return best[0], best[1], results
+def _idyom_weights(w: float) -> list[float]:
+    """Piece weights the IDyOM-style baseline tries, around the blend's tuned one (the
+    short-term model takes over part of the in-piece counts' work)."""
+    return sorted({w, w / 2, w / 4} if w > 0 else {0.0, 4.0})
 
 
 def evaluate(ckpt_path, dataset, split="test", markov=True, markov_order=None, log=None) -> dict:
@@ -126,9 +71,8 @@ def evaluate(ckpt_path, dataset, split="test", markov=True, markov_order=None, l
     spec = EventSpec.from_dict(dmeta["spec"])
     if spec != model.spec:
         raise ValueError(f"the checkpoint's encoding ({model.spec.view}) does not match the dataset's ({spec.view})")
-    if dmeta["styles"] != meta.get("styles", dmeta["styles"])[: len(dmeta["styles"])]:
-        raise ValueError(f"dataset styles {dmeta['styles']} do not match the checkpoint's {meta.get('styles')}")
-    test = featurize(dataset, split, spec.sizes)
+    mapping = style_map(dmeta["styles"], meta.get("styles", dmeta["styles"]))
+    test = [(ev, cand, q, feat, mapping[style]) for ev, cand, q, feat, style in featurize(dataset, split, spec.sizes)]
     if not _notes(test, spec):
         files = {s: dmeta.get("counts", {}).get(s, {}).get("files", 0) for s in ("train", "val", "test")}
         raise ValueError(f"the {split} split of {dataset} is empty (files: train {files['train']}, val "
@@ -144,24 +88,44 @@ def evaluate(ckpt_path, dataset, split="test", markov=True, markov_order=None, l
     result["unigram"] = ppm_score(uni, test, spec)
     del uni
     if markov:
-        t0 = time.monotonic()
-        val = _untransposed(dataset, "val", spec) if markov_order is None else []
-        if markov_order is None and _notes(val, spec):
-            order, weight, tuning = tune_ppm(train, val, spec, alphabet, log=log)
-        elif markov_order is None:  # nothing to tune on: the orders would all score 0 bits
-            order, weight, tuning = DEFAULT_ORDER, DEFAULT_WEIGHT, []
-            if log:
-                log(f"  the val split is empty: markov order {order}, piece weight {weight:g} (not tuned)")
-        else:
-            order, weight, tuning = markov_order, 4.0, []
-        ppm = fit_ppm(train, order, alphabet, weight)
-        result["markov"] = ppm_score(ppm, test, spec)
-        result["markov"].update({"order": order, "piece_weight": weight, "tuning": tuning,
-                                 "seconds": round(time.monotonic() - t0, 1)})
-        result["rnn"]["ratio_to_markov"] = round(result["rnn"]["bits_per_note"] / result["markov"]["bits_per_note"], 4)
+        result.update(_markov_baselines(train, dataset, spec, alphabet, test, markov_order, log))
+        for name in ("markov", "markov_blend"):
+            result["rnn"][f"ratio_to_{name}"] = round(result["rnn"]["bits_per_note"]
+                                                     / result[name]["bits_per_note"], 4)
     result["split"] = split
     result["dataset_hash"] = dmeta["dataset_hash"]
     return result
+
+
+def _markov_baselines(train, dataset, spec, alphabet, test, markov_order, log) -> dict:
+    t0 = time.monotonic()
+    val = _untransposed(dataset, "val", spec) if markov_order is None else []
+    tuned = markov_order is None and _notes(val, spec) > 0
+    if tuned:
+        order, weight, tuning = tune_ppm(train, val, spec, alphabet, log=log)
+    elif markov_order is None:  # nothing to tune on: the orders would all score 0 bits
+        order, weight, tuning = DEFAULT_ORDER, DEFAULT_WEIGHT, []
+        if log:
+            log(f"  the val split is empty: markov order {order}, piece weight {weight:g}, b {DEFAULT_B:g}, "
+                f"{DEFAULT_MIX} mixture (not tuned)")
+    else:
+        order, weight, tuning = markov_order, 4.0, []
+    ppm = fit_ppm(train, order, alphabet, weight)
+    blend = ppm_score(ppm, test, spec)
+    blend.update({"order": order, "piece_weight": weight, "tuning": tuning,
+                  "seconds": round(time.monotonic() - t0, 1)})
+    t0 = time.monotonic()
+    prior = field_prior(train, spec)
+    ppm.prior = prior
+    if tuned:
+        iw, b, kind, itune = tune_idyom(ppm, val, spec, _idyom_weights(weight), prior, log=log)
+    else:
+        iw, b, kind, itune = weight, DEFAULT_B, DEFAULT_MIX, []
+    ppm.piece_weight = iw
+    strong = idyom_score(ppm, test, spec, prior, [(b, kind)])[0]
+    strong.update({"order": order, "piece_weight": iw, "stm_order": STM_ORDER, "b": b, "mix": kind,
+                   "unseen": "per-field marginals", "tuning": itune, "seconds": round(time.monotonic() - t0, 1)})
+    return {"markov": strong, "markov_blend": blend}
 
 
 def _untransposed(dataset, split, spec):
@@ -186,12 +150,15 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(res))
         return 0
     print(f"{args.split} split of {args.dataset}: {res['rnn']['notes']} notes")
-    print(f"{'model':8s} {'bits/note':>10s} {'accuracy':>9s} {'perplexity':>11s}")
-    for name in ("rnn", "markov", "unigram"):
+    print(f"{'model':12s} {'bits/note':>10s} {'accuracy':>9s} {'perplexity':>11s}")
+    for name in ("rnn", "markov", "markov_blend", "unigram"):
         if name in res:
             r = res[name]
-            print(f"{name:8s} {r['bits_per_note']:10.3f} {r['accuracy']:9.3f} {r['perplexity']:11.2f}")
+            print(f"{name:12s} {r['bits_per_note']:10.3f} {r['accuracy']:9.3f} {r['perplexity']:11.2f}")
     if "markov" in res:
-        print(f"rnn / markov = {res['rnn']['ratio_to_markov']:.3f} "
-              f"(markov: order {res['markov']['order']}, piece weight {res['markov']['piece_weight']:g})")
+        m, mb = res["markov"], res["markov_blend"]
+        print(f"rnn / markov = {res['rnn']['ratio_to_markov']:.3f} (IDyOM-style: order {m['order']}, piece "
+              f"weight {m['piece_weight']:g}, short-term order {m['stm_order']}, b {m['b']:g}, {m['mix']})")
+        print(f"rnn / markov_blend = {res['rnn']['ratio_to_markov_blend']:.3f} "
+              f"(order {mb['order']}, piece weight {mb['piece_weight']:g})")
     return 0

@@ -1,7 +1,17 @@
 """``train``: teacher-forced cross-entropy, Adam, gradient clipping, LR halving on a
 validation plateau, early stopping, a checkpoint every epoch, ``--resume``, ``--seed``.
+
 Runs unchanged under ``torchrun --nproc_per_node N`` (DistributedDataParallel, gloo on CPU,
-NCCL on GPU): each rank takes every N-th batch, rank 0 writes checkpoints."""
+NCCL on GPU).  Every rank builds the same shuffled batches; an optimizer step takes the
+next ``N * accumulate`` of them, rank ``r`` the ``r``-th, ``r + N``-th, ...  The loss of a
+step is its summed NLL divided by the notes of the *whole* step (all ranks), times ``N``
+(DDP averages the gradients), so a step's gradient is that of one process over the same
+batches: no batch is dropped, and the last, short step of an epoch weighs its batches
+like any other.  A rank whose share of that step is short still runs a pass, on a batch
+with weight 0, because every rank must join each gradient all-reduce.  The time budget and
+the cosine schedule follow rank 0's clock, shared with one all-reduce per step, so every
+rank leaves the loop at the same step.  Rank 0 writes the feature cache (atomically) and
+the checkpoints; the others wait for it."""
 
 from __future__ import annotations
 
@@ -10,6 +20,7 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -26,32 +37,55 @@ LN2 = math.log(2.0)
 CACHE_VERSION = 2
 
 
+def _dist() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def featurize(dataset, split: str, sizes) -> list[tuple]:
     """Pieces of a split as ``(events, cand, q, feat, style)`` tensors (the in-piece
-    statistics are computed once and cached next to the dataset)."""
+    statistics are computed once and cached next to the dataset: by rank 0 alone under
+    torchrun, written to a temporary file and renamed, while the other ranks wait and read)."""
     data = load_split(dataset, split)
     path = Path(dataset) / f"{split}.cache-v{CACHE_VERSION}.pt"
-    if path.exists() and os.path.getmtime(path) >= os.path.getmtime(Path(dataset) / f"{split}.pt"):
-        feats = torch.load(path, weights_only=True)
-    else:
-        parts = [piece_features(data.piece(i).numpy(), sizes) for i in range(len(data))]
-        F = len(sizes)
-        feats = {"cand": torch.from_numpy(np.concatenate([p[0] for p in parts])) if parts
-                 else torch.zeros(0, K_CANDIDATES, F, dtype=torch.int16),
-                 "q": torch.from_numpy(np.concatenate([p[1] for p in parts])) if parts
-                 else torch.zeros(0, K_CANDIDATES),
-                 "feat": torch.from_numpy(np.concatenate([p[2] for p in parts])) if parts
-                 else torch.zeros(0, dtype=torch.int16)}
-        try:
-            torch.save(feats, path)
-        except OSError:
-            pass
+    rank, world = _dist()
+
+    def fresh() -> bool:
+        return path.exists() and os.path.getmtime(path) >= os.path.getmtime(Path(dataset) / f"{split}.pt")
+
+    if world > 1 and rank != 0:
+        torch.distributed.barrier()  # rank 0 writes the cache first
+    feats = torch.load(path, weights_only=True) if fresh() else None
+    if feats is None:
+        feats = _features(data, sizes)
+        if rank == 0:
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            try:
+                torch.save(feats, tmp)
+                os.replace(tmp, path)  # readers see the old file or the whole new one
+            except OSError:
+                tmp.unlink(missing_ok=True)
+    if world > 1 and rank == 0:
+        torch.distributed.barrier()
     out = []
     for i in range(len(data)):
         a, b = int(data.offsets[i]), int(data.offsets[i + 1])
         out.append((data.events[a:b].long(), feats["cand"][a:b].long(), feats["q"][a:b].float(),
                     feats["feat"][a:b].long(), int(data.styles[i])))
     return out
+
+
+def _features(data, sizes) -> dict:
+    parts = [piece_features(data.piece(i).numpy(), sizes) for i in range(len(data))]
+    F = len(sizes)
+    return {"cand": torch.from_numpy(np.concatenate([p[0] for p in parts])) if parts
+            else torch.zeros(0, K_CANDIDATES, F, dtype=torch.int16),
+            "q": torch.from_numpy(np.concatenate([p[1] for p in parts])) if parts
+            else torch.zeros(0, K_CANDIDATES),
+            "feat": torch.from_numpy(np.concatenate([p[2] for p in parts])) if parts
+            else torch.zeros(0, dtype=torch.int16)}
 
 
 def make_batches(pieces, max_len: int, batch_events: int, rng: random.Random | None):
@@ -158,6 +192,18 @@ def _check_resume(path, model, ck_meta: dict, cfg: ModelConfig, meta: dict, data
                          + f"). Resume with the run's flags ({given}), or train into a new -o directory")
 
 
+def _check_enough_batches(n_batches: int, world: int, args, pieces) -> None:
+    """Every rank needs a batch of its own in each step: with fewer batches than ranks the
+    run would train on nothing (or on repeats)."""
+    if n_batches >= world:
+        return
+    events = sum(len(p[0]) for p in pieces)
+    raise ValueError(f"the train split has {events:,} events, {n_batches} batch(es) of --batch-events "
+                     f"{args.batch_events}, for {world} processes: every process needs at least one batch. "
+                     f"Lower --batch-events to {max(16, events // (2 * world))} or less, or run fewer processes "
+                     "(torchrun --nproc_per_node)")
+
+
 def train(args) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -221,44 +267,70 @@ def train(args) -> int:
               f"train {sum(len(p[0]) for p in train_pieces):,} events, val {sum(len(p[0]) for p in val_pieces):,}; "
               f"{world} process(es) on {device}", file=sys.stderr)
     t_start = time.monotonic() - elapsed0 * 60
-    steps_per_epoch = max(1, len(make_batches(train_pieces, args.max_len, args.batch_events, None)) // world)
+    accumulate = max(1, int(getattr(args, "accumulate", 1) or 1))
+    per_step = world * accumulate  # batches per optimizer step, all ranks together
+    n_batches = len(make_batches(train_pieces, args.max_len, args.batch_events, None))
+    _check_enough_batches(n_batches, world, args, train_pieces)
+    steps_per_epoch = math.ceil(n_batches / per_step)
     total_steps = steps_per_epoch * args.epochs
 
-    def cosine_lr(step: int) -> float:
+    def clock() -> float:
+        """Minutes of training so far, by rank 0's clock (shared by the per-step all-reduce)."""
+        return (time.monotonic() - t_start) / 60
+
+    def cosine_lr(step: int, minutes: float) -> float:
         """Cosine decay to 5% over the epochs or the time budget, whichever ends first."""
         frac = step / total_steps
         if args.max_minutes:
-            frac = max(frac, (time.monotonic() - t_start) / 60 / args.max_minutes)
+            frac = max(frac, minutes / args.max_minutes)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
     base_meta = {"dataset_hash": meta["dataset_hash"], "styles": meta["styles"], "mono": meta.get("mono", False),
                  "command": " ".join(sys.argv[1:]) if args.record_command else "", "seed": args.seed,
                  "train_args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}}
+    steps_taken, batches_taken = 0, 0
     for epoch in range(start_epoch, args.epochs):
         rng = random.Random(args.seed * 1000 + epoch)
         batches = make_batches(train_pieces, args.max_len, args.batch_events, rng)
-        batches = batches[: len(batches) // world * world][rank::world]
+        _check_enough_batches(len(batches), world, args, train_pieces)
+        steps = math.ceil(len(batches) / per_step)
         ddp.train()
-        bar = Progress(len(batches), f"epoch {epoch + 1}/{args.epochs}", enabled=lead and not args.quiet)
+        bar = Progress(steps, f"epoch {epoch + 1}/{args.epochs}", enabled=lead and not args.quiet)
         run_loss, run_n = 0.0, 0
-        for i, (x, cand, q, feat, style, mask) in enumerate(batches):
-            if args.schedule == "cosine":
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(epoch * steps_per_epoch + i)
-            x, cand, q, feat, style, mask = (t.to(device) for t in (x, cand, q, feat, style, mask))
-            logp, _, _ = ddp(x, style, cand, q, feat, need_correct=False)
-            n = mask.sum()
-            loss = -(logp.sum(-1) * mask).sum() / n
+        for i in range(steps):
+            group = batches[i * per_step:(i + 1) * per_step]
+            notes = sum(int(b[5].sum()) for b in group)  # of the whole step, every rank's batches
+            mine = group[rank::world]  # at most `accumulate` batches; none for some ranks in a short last step
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            nll = 0.0
+            passes = mine or [None]  # None: a pass of weight 0 on group[0], to join the gradient all-reduce
+            for j, b in enumerate(passes):
+                x, cand, q, feat, style, mask = (t.to(device) for t in (b if b is not None else group[0]))
+                with ddp.no_sync() if world > 1 and j < len(passes) - 1 else nullcontext():
+                    logp, _, _ = ddp(x, style, cand, q, feat, need_correct=False)
+                    summed = -(logp.sum(-1) * mask).sum()
+                    # DDP averages over the ranks: times world, over the step's notes = one process's gradient
+                    (summed * (world / notes) if b is not None else summed * 0.0).backward()
+                if b is not None:
+                    nll += float(summed.detach())
+                    batches_taken += 1
+            minutes = clock()
+            if world > 1:  # the step's NLL from every rank, rank 0's clock for all
+                t = torch.tensor([nll, minutes if lead else 0.0], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(t)
+                nll, minutes = float(t[0]), float(t[1])
+            if args.schedule == "cosine":
+                for g in opt.param_groups:
+                    g["lr"] = cosine_lr(epoch * steps_per_epoch + i, minutes)
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
             opt.step()
-            lv = float(loss.detach()) / LN2
+            steps_taken += 1
+            lv = nll / notes / LN2
             run_loss = 0.98 * run_loss + 0.02 * lv if run_n else lv
             run_n += 1
             bar.update(i + 1, run_loss)
-            if args.max_minutes and (time.monotonic() - t_start) / 60 > args.max_minutes:
+            if args.max_minutes and minutes > args.max_minutes:
                 break
-        bar.update(len(batches), run_loss, force=True)
+        bar.update(steps, run_loss, force=True)
         stats = evaluate_batches(model, val_batches, device)
         if world > 1:
             t = torch.tensor([stats["nll"], stats["notes"], stats["correct"]], dtype=torch.float64, device=device)
@@ -289,10 +361,10 @@ def train(args) -> int:
             checkpoint.save(out / "last.pt", model, m, train_state=state)
             if improved:
                 checkpoint.save(out / "best.pt", model, m)
-        timed_out = bool(args.max_minutes and (time.monotonic() - t_start) / 60 > args.max_minutes)
-        if world > 1:  # every rank must stop at the same epoch (clocks differ a little)
-            flag = torch.tensor([float(timed_out)], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        timed_out = bool(args.max_minutes and clock() > args.max_minutes)
+        if world > 1:  # rank 0 decides: every rank must stop at the same epoch (clocks differ a little)
+            flag = torch.tensor([float(timed_out)], dtype=torch.float64, device=device)
+            torch.distributed.broadcast(flag, src=0)
             timed_out = bool(flag.item())
         if bad_epochs >= args.patience or timed_out:
             if lead:
@@ -304,6 +376,7 @@ def train(args) -> int:
         checkpoint.save(args.export, model_b, m, half=True)
         print(f"exported {args.export} ({os.path.getsize(args.export) / 1e6:.1f} MB, float16)", file=sys.stderr)
     if world > 1:
+        print(f"rank {rank} of {world}: {steps_taken} optimizer steps, {batches_taken} batches", file=sys.stderr)
         # Every rank waits for the lead's checkpoint writing before the group goes away:
         # tearing gloo down while a peer is still busy aborts that peer.
         torch.distributed.barrier()

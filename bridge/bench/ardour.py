@@ -248,9 +248,7 @@ def _case_on_fresh_server(tool: str, period: int, rate: int, phrases: int, bpm: 
                           backend: str, workdir: Path, realtime: bool, progress) -> dict[str, Any]:
     for attempt in range(1, 4):
         progress(f"period {period} ..." if attempt == 1 else f"period {period}, fresh server {attempt} ...")
-        server = jackd.JackServer(SERVER_NAME, rate=rate, period=period)
-        if realtime:  # SCHED_FIFO for jackd and every client's process thread
-            server.command = ["--realtime" if c == "--no-realtime" else c for c in server.command]
+        server = jackd.JackServer(SERVER_NAME, rate=rate, period=period, realtime=realtime)
         with server:
             if not server.owned:
                 raise jackd.JackError(f"a JACK server named {SERVER_NAME!r} is already running; "

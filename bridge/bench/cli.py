@@ -122,6 +122,8 @@ def register(bench_subparsers) -> None:
     w.add_argument("--xruns", type=float, default=0.0, metavar="S",
                    help="also count xruns for S seconds with the server idle, then S seconds with the "
                         "bridge jamming, at the first period (default 0: skip; the target is 600)")
+    w.add_argument("--no-realtime", dest="realtime", action="store_false",
+                   help="run jackd non-realtime (default: realtime where permitted, as a musician's JACK)")
     w.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     w.set_defaults(func=cmd_witness)
 
@@ -159,7 +161,8 @@ def cmd_witness(args: argparse.Namespace) -> int:
         with sigterm_as_interrupt():
             result = witness.run(args.periods, args.jitter, phrases=args.phrases, bpm=args.bpm,
                                  generator=args.generator, seed=args.seed, progress=progress,
-                                 backends=args.backends, xrun_seconds=args.xruns)
+                                 backends=args.backends, xrun_seconds=args.xruns,
+                                 realtime=args.realtime)
     except jackd.JackError as e:
         print(f"midi-bridge bench witness: {e}", file=sys.stderr)
         return 2

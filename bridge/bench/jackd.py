@@ -114,12 +114,14 @@ class JackServer:
     """A jackd with the dummy driver.  ``owned`` is False when a live one was reused."""
 
     def __init__(self, name: str, log_path: str | os.PathLike | None = None,
-                 rate: int = 48000, period: int = 256) -> None:
+                 rate: int = 48000, period: int = 256, realtime: bool = False) -> None:
         check_name(name)
         self.name = name
         self.rate, self.period = rate, period  # requested; a reused server has its own
         self.log_path = Path(log_path or Path("/tmp") / f"{name}-jackd.log")
-        self.command = [jackd_path() or "jackd", "-n", name, "--no-realtime",
+        # realtime: SCHED_FIFO for jackd and its clients' process threads where the system
+        # allows it (jackd falls back quietly otherwise), as a musician's JACK runs
+        self.command = [jackd_path() or "jackd", "-n", name, "--realtime" if realtime else "--no-realtime",
                         "-d", "dummy", "-r", str(rate), "-p", str(period)]
         self.proc: subprocess.Popen | None = None
         self.owned = False

@@ -126,12 +126,13 @@ def run_case(server: str, period: int, rate: int, jitter_pct: float, phrases: in
         stack.callback(lambda: dump.poll() is None and dump.kill())
         src = Source(server, bpm, jitter_pct, seed)
         stack.callback(src.close)
-        ports = _wait_ports(server, [f"{dump_name}:input", "midi-bridge in", "midi-bridge out"], client)
+        ports = _wait_ports(lambda: [x.name for x in src.jm.client.get_ports(is_midi=True)],
+                            [f"{dump_name}:input", "midi-bridge in", "midi-bridge out"], client)
         for a, b in ((f"{src.jm.name}:clock", ports["midi-bridge in"]),
                      (f"{src.jm.name}:notes", ports["midi-bridge in"]),
                      (f"{src.jm.name}:clock", f"{dump_name}:input"),
                      (ports["midi-bridge out"], f"{dump_name}:input")):
-            subprocess.run(["jack_connect", a, b], check=True, env=jack.client_env(server), timeout=10)
+            src.jm.client.connect(a, b)
         time.sleep(0.3)
         src.start()
         beat = 4.0                                        # a bar of clock first
@@ -150,12 +151,11 @@ def run_case(server: str, period: int, rate: int, jitter_pct: float, phrases: in
             "within_1ms": sum(abs(e) <= 1.0 for e in errors), "source_xruns": xruns}
 
 
-def _wait_ports(server: str, wanted: list[str], client: str, timeout: float = 10.0) -> dict[str, str]:
+def _wait_ports(listing, wanted: list[str], client: str, timeout: float = 10.0) -> dict[str, str]:
     """Full names: an exact name, or the bridge's port (``client...:name``)."""
     deadline = time.monotonic() + timeout
     while True:
-        names = subprocess.run(["jack_lsp"], capture_output=True, text=True, env=jack.client_env(server),
-                               timeout=10).stdout.splitlines()
+        names = listing()
         found = {}
         for w in wanted:
             hit = [n for n in names if n == w or (n.startswith(client) and n.endswith(":" + w))]
@@ -193,7 +193,7 @@ def xrun_case(server: str, period: int, rate: int, seconds: float, bpm: float, g
 
 def run(periods: list[int], jitters: list[float], phrases: int = 8, bpm: float = 100.0,
         generator: str = "markov", rate: int = 48000, seed: int = 1, progress=lambda s: None,
-        backends: tuple[str, ...] = ("jack",), xrun_seconds: float = 0.0) -> dict:
+        backends: tuple[str, ...] = ("jack",), xrun_seconds: float = 0.0, realtime: bool = True) -> dict:
     if shutil.which("jack_midi_dump") is None:
         raise jackd.JackError("jack_midi_dump (jackd2's example clients) is missing")
     workdir = Path(tempfile.mkdtemp(prefix="mb-witness-"))
@@ -201,13 +201,13 @@ def run(periods: list[int], jitters: list[float], phrases: int = 8, bpm: float =
     xruns = None
     try:
         if xrun_seconds:
-            with jackd.JackServer(SERVER_NAME, rate=rate, period=periods[0]):
+            with jackd.JackServer(SERVER_NAME, rate=rate, period=periods[0], realtime=realtime):
                 progress(f"xruns: {xrun_seconds:g} s idle, then {xrun_seconds:g} s jamming ...")
                 xruns = xrun_case(SERVER_NAME, periods[0], rate, xrun_seconds, bpm, generator, seed,
                                   workdir, backends[0])
                 progress(f"  {xruns}")
         for period in periods:
-            with jackd.JackServer(SERVER_NAME, rate=rate, period=period):
+            with jackd.JackServer(SERVER_NAME, rate=rate, period=period, realtime=realtime):
                 for backend in backends:
                     for jitter in jitters:
                         progress(f"{backend}, period {period}, jitter {jitter} % ...")
@@ -217,5 +217,5 @@ def run(periods: list[int], jitters: list[float], phrases: int = 8, bpm: float =
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     met = all(r["max_ms"] is not None and r["max_ms"] <= 1.0 for r in rows if r["backend"] == "jack")
-    return {"bpm": bpm, "rate": rate, "generator": generator, "rows": rows, "xruns": xruns,
+    return {"bpm": bpm, "rate": rate, "generator": generator, "realtime": realtime, "rows": rows, "xruns": xruns,
             "target_ms": 1.0, "met": met and (xruns is None or xruns["met"])}

@@ -3,13 +3,22 @@ note into its state in one step and answers by sampling from that state.
 
 * ``observe`` - a played note becomes one event ``(dt, pitch, dur, vel)`` once its
   duration is known (at its note-off, or when the next note starts for a monophonic
-  model); then one O(1) step.  A polyphonic model queues notes in onset order (bounded:
-  a note held longer than 8 beats is folded as 8 beats long).
+  model); then one O(1) step.  A polyphonic model (checkpoint meta ``mono: false``)
+  folds every note of a chord: notes are queued in onset order, a chord's notes from the
+  highest down as in training, and a note starting within ``CHORD_STEPS`` of the one
+  before counts as starting with it (a played chord is never exactly simultaneous);
+  bounded: a note held longer than 8 beats is folded as 8 beats long.  A monophonic
+  model folds a chord's highest note only.
 * ``continuation`` - a generator: sample an event, feed it back, yield the note, repeat;
   the engine pulls lazily and may stop it at any note.  The model keeps its own answer
   in its state (it hears itself, as in a duet).
-* ``accompany`` - the chorale harmonizer: for each played melody note, bass, tenor and
-  alto sampled given the note and the history; they end with the played note.
+* ``accompany`` - ``accompaniment: model`` (the default for a polyphonic checkpoint): the
+  played note is folded at once (with the duration the model expects) and ``voices``
+  notes below it are sampled from the same model as events at the played note's onset
+  (``dt = 0``, each below the one before, within the pitch range/key mask) and folded too;
+  ``accompaniment: harmonizer`` (the default for a monophonic checkpoint): the chorale
+  harmonizer, for each played melody note bass, tenor and alto sampled given the note and
+  the history.  Either way they end with the played note.
 
 Config: ``checkpoint`` / ``harmonizer`` (paths; relative ones are looked up in the
 current folder, then in the project's ``models/``), ``style`` (a label the checkpoint
@@ -21,7 +30,8 @@ one of its pitches), ``device``
 (``auto | cpu | cuda``; a missing GPU falls back to the CPU with a logged reason),
 ``int8`` (int8 weights on the CPU), ``copy`` (added to the logit of the in-piece copy
 gate: negative values make answers quote the phrase less, positive more; 0 = as trained),
-``seed``.
+``seed``, ``accompaniment`` (``auto | model | harmonizer``), ``voices`` (0-8, notes per
+played note from the model).
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ log = logging.getLogger("midi_bridge.plugins.rnn")
 MAX_GAP_WAITS = 2  # a silence longer than 3 x 8 beats is folded as 24 beats; an answer
                    # that would wait longer than that (the model has nothing to say in the
                    # allowed range) ends, so one pull costs at most MAX_GAP_WAITS + 1 steps
+CHORD_STEPS = 1  # polyphonic model: a note-on this close (1/12 beat) after the last one joins its chord
+ACCOMPANIMENTS = ("auto", "model", "harmonizer")
 
 
 def load_stepper(path: str, device: str = "auto", int8: bool = False, seed=None):
@@ -109,6 +121,8 @@ class RNNGenerator(Generator):
         "int8": False,
         "copy": 0.0,
         "seed": None,
+        "accompaniment": "auto",
+        "voices": 3,
     }
 
     def __init__(self, config=None) -> None:
@@ -123,6 +137,11 @@ class RNNGenerator(Generator):
         checked_number("rnn", cfg, "top_p", low=0, high=1)
         checked_number("rnn", cfg, "copy")
         checked_number("rnn", cfg, "seed", low=0, integer=True, optional=True)
+        self.voices = int(checked_number("rnn", cfg, "voices", low=0, high=8, integer=True))
+        acc = str(cfg["accompaniment"]).lower()
+        if acc not in ACCOMPANIMENTS:
+            raise ValueError(f"rnn: generators.rnn.accompaniment must be one of {', '.join(ACCOMPANIMENTS)}, "
+                             f"not {cfg['accompaniment']!r}")
         device = str(cfg["device"]).lower()
         if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
             raise ValueError(f"rnn: generators.rnn.device must be auto, cpu, cuda or cuda:N, not {cfg['device']!r}")
@@ -132,6 +151,10 @@ class RNNGenerator(Generator):
             raise PluginError(f"rnn: {cfg['checkpoint']} is a {self.st.spec.view} model, not a note model")
         self.st.gate_offset = float(cfg["copy"])
         self.mono = bool(meta.get("mono", False))
+        if acc == "model" and self.mono:
+            raise PluginError(f"rnn: accompaniment 'model' needs a polyphonic checkpoint; {cfg['checkpoint']} was "
+                              "trained on melodies (prepare --mono): use accompaniment 'harmonizer' or 'auto'")
+        self.acc_model = acc == "model" or (acc == "auto" and not self.mono)
         styles = meta.get("styles") or ["default"]
         style = cfg["style"] or ("folk" if "folk" in styles else styles[0])
         if style not in styles:
@@ -140,7 +163,7 @@ class RNNGenerator(Generator):
         self._styles = list(styles)
         self.masks = {"pitch": mask}
         self.harm = None
-        if cfg["harmonizer"]:
+        if cfg["harmonizer"] and not self.acc_model:
             try:
                 self.harm, hmeta = load_stepper(cfg["harmonizer"], cfg["device"], bool(cfg["int8"]), cfg["seed"])
                 self.harm_style = 0
@@ -179,6 +202,9 @@ class RNNGenerator(Generator):
                     return
                 if head[3] is None:
                     head[3] = now - head[0]
+            if not self.mono:
+                self._queue_chord_note(now, event)
+                return self._fold_ready(now)
             self.pending.append([now, event.pitch, event.velocity, None])
         else:
             for note in self.pending:
@@ -186,6 +212,18 @@ class RNNGenerator(Generator):
                     note[3] = now - note[0]
                     break
         self._fold_ready(now)
+
+    def _queue_chord_note(self, now: int, event: PlayedEvent) -> None:
+        """Polyphonic model: queue a note-on; one starting within CHORD_STEPS of the last
+        onset joins that chord, in its place from the highest pitch down."""
+        pending = self.pending
+        last = pending[-1][0] if pending else self.last_onset
+        if last is not None and 0 < now - last <= CHORD_STEPS:
+            now = last
+        i = len(pending)  # (a chord has a few notes: at most that many looked at)
+        while i and pending[i - 1][0] == now and pending[i - 1][1] < event.pitch:
+            i -= 1
+        pending.insert(i, [now, event.pitch, event.velocity, None])
 
     def _fold_ready(self, now: int, flush: bool = False) -> None:
         max_dur = self.enc.MAX_DUR
@@ -199,7 +237,9 @@ class RNNGenerator(Generator):
             self.pending.popleft()
             self._fold(head[0], head[1], head[2], head[3])
 
-    def _fold(self, start: int, pitch: int, vel: int, dur: int) -> None:
+    def _fold(self, start: int, pitch: int, vel: int, dur: int | None) -> None:
+        """One played note into the state (after WAIT rows for a long gap); ``dur`` None:
+        the duration the model expects for it (accompaniment, at the note-on)."""
         enc = self.enc
         dt = 0 if self.last_onset is None else max(0, start - self.last_onset)
         waits = 0
@@ -208,6 +248,8 @@ class RNNGenerator(Generator):
             dt -= enc.MAX_DT
             waits += 1
         dt = min(dt, enc.MAX_DT)
+        if dur is None:
+            dur = self.st.sample(self._temperature(None), float(self.config["top_p"]), given=(dt, pitch))[2]
         self.st.feed((dt, pitch, max(1, min(enc.MAX_DUR, dur)), enc.vel_to_bin(vel)))
         self.last_onset = start
 
@@ -258,7 +300,13 @@ class RNNGenerator(Generator):
                        duration=ev[2] / enc.STEPS_PER_BEAT)
 
     # -- accompany --------------------------------------------------------------------
+    def _temperature(self, context: Context | None) -> float:
+        t = None if context is None else context.temperature
+        return float(self.config["temperature"] if t is None else t)
+
     def accompany(self, event: PlayedEvent, context: Context) -> Sequence[Note]:
+        if self.acc_model:
+            return self._accompany_model(event, context)
         if self.harm is None:
             return ()
         enc = self.enc
@@ -287,6 +335,41 @@ class RNNGenerator(Generator):
                 if p >= 0 and p not in seen:
                     seen.add(p)
                     notes.append(Note(pitch=p, velocity=vel, start=0.0, duration=None))
+        return notes
+
+    def _accompany_model(self, event: PlayedEvent, context: Context) -> list[Note]:
+        """The played note folded now, then ``voices`` events sampled at its onset
+        (``dt = 0``), each below the last, folded as they are chosen (the model hears its
+        own accompaniment, as in a chorale).  O(voices) steps per played note."""
+        enc, st = self.enc, self.st
+        now = enc.beats_to_steps(event.beat)
+        played = None
+        for note in self.pending:  # the note observe() just queued (its onset maybe snapped)
+            if note[1] == event.pitch and note[3] is None:
+                played = note
+        if played is None:
+            return []
+        while self.pending:  # everything before it, with the length it has sounded so far
+            head = self.pending.popleft()
+            if head is played:
+                break
+            self._fold(head[0], head[1], head[2], head[3] if head[3] is not None else max(1, now - head[0]))
+        chord = played[0] == self.last_onset  # another note of an onset already accompanied
+        self._fold(played[0], event.pitch, event.velocity, None)
+        if chord:
+            return []
+        temperature, top_p = self._temperature(context), float(self.config["top_p"])
+        vel = max(1, int(event.velocity * 0.8))
+        lowest, notes = event.pitch, []
+        for _ in range(self.voices):
+            mask = self.masks["pitch"].copy()
+            mask[lowest:] = False  # below the last voice (WAIT included: no gap at dt = 0)
+            if not mask.any():
+                break
+            ev = st.sample(temperature, top_p, {"pitch": mask}, given=(0,))
+            st.feed(ev)
+            lowest = ev[1]
+            notes.append(Note(pitch=int(ev[1]), velocity=vel, start=0.0, duration=None))
         return notes
 
     def rating_context(self) -> dict:

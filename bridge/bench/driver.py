@@ -94,7 +94,9 @@ class Driver:
 
     @staticmethod
     def _named(client: str, name: str) -> bool:
-        return re.fullmatch(re.escape(name) + r"(-\d+)?", client) is not None
+        """``client`` is ``name``'s: itself, its ``-out`` client (the native JACK backend's
+        outputs), or either renamed by JACK (``-01``)."""
+        return re.fullmatch(re.escape(name) + r"(-out)?(-\d+)?", client) is not None
 
     def _open(self, midi, match: str, own: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout

@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     from midi_bridge.training.cli import register as register_training
     from midi_bridge.training.gan_cli import register as register_gan
     from midi_bridge.training.tune_cli import register as register_tune
-    for register in (register_training, register_bench, register_gan, register_tune):
+    from .chords import register as register_chords
+    for register in (register_training, register_bench, register_gan, register_tune, register_chords):
         register(sub)
     return parser
 

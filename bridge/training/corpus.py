@@ -5,10 +5,15 @@ Collections written (see docs/models.md for the licence situation):
 
 * ``folk/``: O'Neill's 1850, Ryan's Mammoth, Aird's Airs, miscFolk (.abc, public-domain
   sources; chord symbols are dropped, repeats are expanded by music21's MIDI writer).
-* ``chorale/``: the Bach chorales (``corpus.chorales.Iterator``), one track per voice.
+* ``chorale/``: the Bach chorales (Riemenschneider numbering), every part of the score as
+  a track of its own (soprano, alto, tenor, bass, and the instrumental parts of the few
+  that have them), from music21's MusicXML encodings: where the corpus also holds a
+  Humdrum (.krn) encoding of a chorale (CCARH, "rights to all derivative electronic
+  formats reserved"), the MusicXML one is read instead.
 
-Deliberately left out: the Essen folksong collection (non-commercial terms) and the
-Palestrina encodings (copyrighted encodings).
+Deliberately left out: the Essen folksong collection (non-commercial terms), the
+Palestrina encodings (copyrighted encodings), and music21's other polyphonic pieces:
+their encodings either state restrictive terms or state none (see ``LICENCE_NOTE``).
 """
 
 from __future__ import annotations
@@ -27,8 +32,22 @@ Files exported from music21's bundled corpus (music21 itself: BSD-3-Clause).
 folk/: O'Neill's Music of Ireland (1850), Ryan's Mammoth Collection (1883), Aird's
 Selection of Scotch, English, Irish and Foreign Airs (1782-1803), miscFolk: transcriptions
 of public-domain printed sources.
-chorale/: J. S. Bach's chorale harmonisations (public domain), music21 encodings.
-Not exported: essenFolksong (non-commercial terms), palestrina (copyrighted encodings).
+chorale/: J. S. Bach's chorale harmonisations (public domain), music21's MusicXML
+encodings, all four voices (and any instrumental parts), one MIDI track per part.  The
+CCARH Humdrum encodings that music21 also holds for three chorales (bach/bwv277.krn,
+bwv281.krn, bwv366.krn: "Copyright 1994 CCARH, rights to all derivative electronic
+formats reserved") are not used; the MusicXML encodings of those chorales are.
+Not exported:
+  essenFolksong - non-commercial terms;
+  palestrina - copyrighted encodings;
+  josquin (.abc) - GPL (Laura Conrad, 1999): a model trained on it could not ship
+    under other terms;
+  beethoven, mozart, haydn, corelli, handel (Humdrum/MusicXML from CCARH and others),
+  monteverdi, trecento, ciconia, luca (modern editions), and the single pieces
+  (cpebach, joplin, schubert, schumann, weber, verdi, chopin, ...): the encodings
+  state restrictive terms or none, and music21's corpus licence says some encodings
+  "may not be used for commercial uses": not shipped in a model without clear terms;
+  nottingham-dataset - one file only in music21 (reels a-c), terms not stated.
 """
 
 
@@ -97,11 +116,18 @@ def _export_folk_file(args: tuple[str, str, str]) -> tuple[int, list[str]]:
 
 def _export_chorale(args: tuple[int, str]) -> tuple[int, list[str]]:
     index, out_dir = args
-    from music21 import corpus
+    from music21 import converter, corpus
 
     try:
-        score = next(iter(corpus.chorales.Iterator(index, index, numberingSystem="riemenschneider",
-                                                   returnType="stream")))
+        entry = corpus.chorales.ChoraleListRKBWV().byRiemenschneider.get(index)
+        if entry is None:
+            raise StopIteration
+        found = corpus.getWork(f"bach/bwv{entry['bwv']}")
+        paths = [Path(p) for p in (found if isinstance(found, list) else [found])]
+        paths = [p for p in paths if p.suffix.lower() != ".krn"]  # CCARH: rights reserved
+        if not paths:
+            return 0, [f"chorale {index}: only a Humdrum encoding (CCARH terms), not exported"]
+        score = converter.parse(str(paths[0]))
         name = f"riemenschneider-{index:03d}"
         if len(score.parts) < 2:
             return 0, [f"chorale {index}: fewer than 2 parts"]

@@ -123,11 +123,13 @@ class JackMidi:
         self._send_lock = threading.Lock()       # the engine thread and the watchdog send
         self._on_input = on_input
         self._skew = self._synced = 0
+        self._closing = False
         self.resync(force=True)
         self.xruns = 0
         self.dropped = 0                          # ring full, or a message over 7 bytes
         self.period = self.client.blocksize
         self.rate = self.client.samplerate
+        self._ns_per_frame = 1e9 / self.rate
         self.client.set_xrun_callback(self._xrun)
         if self.in_client is not None:
             self.in_client.set_process_callback(self._process_in)
@@ -216,7 +218,14 @@ class JackMidi:
         return due
 
     def close(self) -> None:
-        """Deactivate and close the clients (what is still in the rings is not sent)."""
+        """Deactivate and close the clients (what is still in the rings is not sent).
+
+        The process callbacks are told to stop first, and given three periods to see it:
+        deactivating while one is in a call into libjack with MIDI streaming in was seen
+        to hang both (the server waiting for the cycle, the cycle for the server)."""
+        self._closing = True
+        if self.client is not None:
+            time.sleep(3 * self.period / self.rate)
         try:
             self._close_clients()
         finally:
@@ -228,16 +237,23 @@ class JackMidi:
         self.xruns += 1
 
     def _process_in(self, frames: int) -> None:
+        if self._closing:
+            return
         f0 = self.in_client.last_frame_time
+        t0 = None  # the cycle's first frame on the engine's clock: one libjack call a cycle
         for index, port in enumerate(self.inports):
             for offset, buf in port.incoming_midi_events():
-                self._on_input(self.frame_ns(f0 + offset), index, bytes(buf))
+                if t0 is None:
+                    t0 = self.frame_ns(f0)
+                self._on_input(t0 + round(offset * self._ns_per_frame), index, bytes(buf))
 
     def _process_out(self, frames: int) -> None:
         f0 = self.out_client.last_frame_time
         size, unpack = _REC.size, _REC.unpack
         for port, ring in zip(self.outports, self._rings):
             port.clear_buffer()
+            if self._closing:
+                continue
             floor = 0
             while ring.read_space >= size:
                 due, n, data = unpack(ring.peek(size))

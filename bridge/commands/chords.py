@@ -7,7 +7,6 @@ Registered by :func:`register` (``midi_bridge.commands.cli`` adds it to the sub-
 from __future__ import annotations
 
 import json
-import sys
 
 from midi_bridge.training.chords import ANSWER, PASSAGES, PROMPT
 
@@ -57,17 +56,3 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run("midi_bridge.commands.chords", "cmd_chords"))
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry (``python -m midi_bridge.commands.chords chords ...``) until the CLI registers it."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="midi-bridge")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -46,7 +46,7 @@ from midi_bridge.runtime import jack
 from . import jackd
 from .driver import Child, bridge_cmd, unique_name
 from .report import percentile, summary
-from .witness import _DUMP, _wait_ports
+from .witness import _DUMP, jack_lsp, wait_ports
 from .witness import grid_errors as frame_grid_errors
 
 SERVER_NAME = "mb-ardour"
@@ -152,14 +152,14 @@ def run_case(tool: str, period: int, rate: int, phrases: int, bpm: float, genera
                        env, "ready:", "bridge")
         stack.callback(bridge.stop)
         bridge.wait_ready()
-        ports = _wait_ports(SERVER_NAME, ["midi-bridge in", "midi-bridge out"], client)
+        ports = wait_ports(lambda: jack_lsp(SERVER_NAME), ["midi-bridge in", "midi-bridge out"], client)
         dump = witness = None
         if shutil.which("jack_midi_dump"):
             witness = unique_name("mb-ard-dump")
             dump = subprocess.Popen(["jack_midi_dump", "-a", witness], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, env=env)
             stack.callback(lambda: dump.poll() is None and (dump.terminate(), dump.wait(10)))
-            witness = _wait_ports(SERVER_NAME, [f"{witness}:input"], client)[f"{witness}:input"]
+            witness = wait_ports(lambda: jack_lsp(SERVER_NAME), [f"{witness}:input"], client)[f"{witness}:input"]
         _ardour(tool, ["create", str(pristine), name, str(rate), f"{bpm:g}", "mb-daw-create"],
                 ardour_env, "CREATED", 120, lambda: shutil.rmtree(pristine, ignore_errors=True), alive,
                 progress)

@@ -126,7 +126,7 @@ def run_case(server: str, period: int, rate: int, jitter_pct: float, phrases: in
         stack.callback(lambda: dump.poll() is None and dump.kill())
         src = Source(server, bpm, jitter_pct, seed)
         stack.callback(src.close)
-        ports = _wait_ports(lambda: [x.name for x in src.jm.client.get_ports(is_midi=True)],
+        ports = wait_ports(lambda: [x.name for x in src.jm.client.get_ports(is_midi=True)],
                             [f"{dump_name}:input", "midi-bridge in", "midi-bridge out"], client)
         for a, b in ((f"{src.jm.name}:clock", ports["midi-bridge in"]),
                      (f"{src.jm.name}:notes", ports["midi-bridge in"]),
@@ -151,8 +151,15 @@ def run_case(server: str, period: int, rate: int, jitter_pct: float, phrases: in
             "within_1ms": sum(abs(e) <= 1.0 for e in errors), "source_xruns": xruns}
 
 
-def _wait_ports(listing, wanted: list[str], client: str, timeout: float = 10.0) -> dict[str, str]:
-    """Full names: an exact name, or the bridge's port (``client...:name``)."""
+def jack_lsp(server: str) -> list[str]:
+    """Every port of ``server`` (jackd2's ``jack_lsp``)."""
+    return subprocess.run(["jack_lsp"], capture_output=True, text=True, env=jack.client_env(server),
+                          timeout=10).stdout.splitlines()
+
+
+def wait_ports(listing, wanted: list[str], client: str, timeout: float = 10.0) -> dict[str, str]:
+    """Full names: an exact name, or the bridge's port (``client...:name``); ``listing()``
+    gives the ports there are now."""
     deadline = time.monotonic() + timeout
     while True:
         names = listing()

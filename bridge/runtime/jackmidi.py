@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import struct
 import threading
 import time
@@ -47,7 +48,10 @@ from typing import Callable, Sequence
 #: One ring record: due frame (-1: as soon as possible), byte count, up to 7 bytes.
 _REC = struct.Struct("<qB7s")
 RING_BYTES = 1 << 16  # per output port: 4,096 records
+CLOSE_TIMEOUT_S = 2.0  # how long close() waits for libjack to deactivate and close
 _CAPTURE, _PLAYBACK = 0, 1  # JackCaptureLatency, JackPlaybackLatency
+
+log = logging.getLogger(__name__)
 
 
 class JackMidiError(RuntimeError):
@@ -226,10 +230,22 @@ class JackMidi:
         self._closing = True
         if self.client is not None:
             time.sleep(3 * self.period / self.rate)
-        try:
-            self._close_clients()
-        finally:
-            self.client = None
+        # Bounded: should libjack still not let go, the bridge's exit must not hang on it
+        # (its notes were ended before the ports close); the server drops the clients when
+        # the process ends.
+        done = threading.Event()
+
+        def shut() -> None:
+            try:
+                self._close_clients()
+            finally:
+                done.set()
+
+        threading.Thread(target=shut, name="jack-close", daemon=True).start()
+        if not done.wait(CLOSE_TIMEOUT_S):
+            log.warning("JACK client %s did not close within %.0f s (libjack); the server drops it "
+                        "when this process ends", self.name, CLOSE_TIMEOUT_S)
+        self.client = None
 
     # -- JACK's process thread ------------------------------------------------------------------
 

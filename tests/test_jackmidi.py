@@ -176,3 +176,16 @@ def test_times_are_on_the_engines_clock(backend):
     period_ns = jm.period * 1e9 / jm.rate
     assert before - 2 * period_ns - 2e6 < at < after + 2 * period_ns + 2e6
     assert abs(jm.ns_frame(at) - jm.client.frame_time) <= jm.period
+
+
+def test_what_was_sent_before_close_is_written(backend):
+    """A stop's note-offs and CCs sent just before the ports close still go out."""
+    jm = backend()
+    dump = Dump(unique_client_name("mb-dump"))
+    _connect(f"{jm.out_name}:out", f"{dump.name}:input")
+    time.sleep(0.1)
+    sent = [(0x80, 60 + k, 0) for k in range(20)] + [(0xB0, 64, 0), (0xB0, 123, 0)]
+    for msg in sent:
+        jm.send(0, msg)
+    jm.close()
+    assert [m for _, m in dump.events()] == [bytes(m) for m in sent]

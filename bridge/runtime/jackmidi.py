@@ -49,6 +49,7 @@ from typing import Callable, Sequence
 _REC = struct.Struct("<qB7s")
 RING_BYTES = 1 << 16  # per output port: 4,096 records
 CLOSE_TIMEOUT_S = 2.0  # how long close() waits for libjack to deactivate and close
+DRAIN_S = 0.5          # how long close() waits for what was sent to be written
 _CAPTURE, _PLAYBACK = 0, 1  # JackCaptureLatency, JackPlaybackLatency
 
 log = logging.getLogger(__name__)
@@ -222,11 +223,17 @@ class JackMidi:
         return due
 
     def close(self) -> None:
-        """Deactivate and close the clients (what is still in the rings is not sent).
+        """Write what was sent (bounded), then deactivate and close the clients.
 
         The process callbacks are told to stop first, and given three periods to see it:
         deactivating while one is in a call into libjack with MIDI streaming in was seen
         to hang both (the server waiting for the cycle, the cycle for the server)."""
+        # What was sent before close (the stop's note-offs, CC64=0, CC123) goes out first:
+        # wait, bounded, for the process callback to empty the rings.
+        deadline = time.monotonic() + DRAIN_S
+        while (self.client is not None and any(r.read_space for r in self._rings)
+               and time.monotonic() < deadline):
+            time.sleep(self.period / self.rate)
         self._closing = True
         if self.client is not None:
             time.sleep(3 * self.period / self.rate)

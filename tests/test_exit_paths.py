@@ -74,6 +74,7 @@ p.close()
 print("closed", flush=True)
 done.set()
 sender.join()
+print("source stopped", flush=True)
 out.delete()
 '''
 
@@ -102,9 +103,11 @@ drv.close()
 print("closed", flush=True)
 done.set()
 sender.join()
+print("source stopped", flush=True)
+from midi_bridge.runtime.backends import close_midi
 for m in (src, src_in):
-    m.close_port()
-    m.delete()
+    close_midi(m)
+print("sources closed", flush=True)
 '''
 
 
@@ -121,7 +124,8 @@ def test_closing_the_ports_while_midi_streams_in_neither_crashes_nor_hangs(jack_
     script.write_text(_CLOSE_WHILE_STREAMING if bridge_ports else _DRIVER_CLOSE_WHILE_STREAMING)
     failures = []
     for i in range(8):  # (the race was lost about one time in three before the fix)
-        cmd = [sys.executable, str(script), unique_client_name("mb-close")]
+        # (-X faulthandler: should it crash, the output names the thread and where)
+        cmd = [sys.executable, "-X", "faulthandler", str(script), unique_client_name("mb-close")]
         if bridge_ports:
             cmd.append(which.rsplit(" ", 1)[1])  # the backend
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -139,6 +139,14 @@ def list_ports(backend: str) -> tuple[list[str], list[str]]:
 _CALLBACKS_KEPT: list = []
 #: How long a deleted input waits, GIL released, for a callback already under way.
 CALLBACK_GRACE_S = 0.05
+#: How long a closed JACK port waits before its client is deleted: two cycles at 1024 frames.
+JACK_CYCLE_GRACE_S = 0.05
+
+
+def _open_on_jack(m) -> bool:
+    with contextlib.suppress(Exception):
+        return bool(m.is_port_open()) and m.get_current_api() == rtmidi.API_UNIX_JACK
+    return False
 
 
 def close_midi(m) -> None:
@@ -157,8 +165,14 @@ def close_midi(m) -> None:
             with contextlib.suppress(Exception):
                 m.cancel_callback()
             time.sleep(CALLBACK_GRACE_S)
+    was_open_on_jack = _open_on_jack(m)
     with contextlib.suppress(Exception):
         m.close_port()
+    if was_open_on_jack:
+        # RtMidi's JACK destructor frees the port's ring buffers before it closes the client:
+        # a process cycle that began before close_port saw the port is still reading them (a
+        # rare crash at exit under load).  Let such a cycle end first.
+        time.sleep(JACK_CYCLE_GRACE_S)
     # delete() closes the backend client itself: an ALSA virtual port goes away, and
     # JACK is not left with a client that never finished (which stalls its graph).
     with contextlib.suppress(Exception):

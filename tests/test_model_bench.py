@@ -8,6 +8,7 @@ import types
 
 import pytest
 
+from midi_bridge.bench import events
 from midi_bridge.bench import model as bench
 
 
@@ -54,11 +55,11 @@ def test_resident_memory_is_in_kilobytes_on_macos(monkeypatch):
         raise OSError("no /proc")
 
     monkeypatch.setattr("builtins.open", no_proc)
-    monkeypatch.setattr(bench.resource, "getrusage", lambda _who: types.SimpleNamespace(ru_maxrss=300 * 1024 * 1024))
+    monkeypatch.setattr(events.resource, "getrusage", lambda _who: types.SimpleNamespace(ru_maxrss=300 * 1024 * 1024))
     monkeypatch.setattr(sys, "platform", "darwin")
-    assert bench._rss_kb() == 300 * 1024
+    assert events._rss_kb() == 300 * 1024
     monkeypatch.setattr(sys, "platform", "linux")
-    assert bench._rss_kb() == 300 * 1024 * 1024  # (there ru_maxrss is already kB)
+    assert events._rss_kb() == 300 * 1024 * 1024  # (there ru_maxrss is already kB)
 
 
 def test_cli_refuses_a_session_too_short_for_event_100(capsys):
@@ -126,3 +127,21 @@ def test_rows_say_where_the_event_goes(monkeypatch):
     for r in res["rows"]:
         for key in ("net_us", "heads_us", "sample_us", "cache_us", "params"):
             assert r[key] >= 0, key
+
+
+def test_interleaved_compares_a_session_at_event_n_with_a_fresh_one_at_event_100(monkeypatch):
+    """The two steppers take turns (blocks of 25 events) on one clock: the drift of the
+    machine falls on both, and what is left is the growth of the session's own state."""
+    clock = [0.0]
+
+    class Shared(_Stepper):
+        def feed(self, _event) -> None:
+            self.i += 1
+            clock[0] += self.i * 1e-6
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    late = Shared()
+    r = bench.long_session(late, 2000, make=Shared)
+    assert r["interleaved_event_100_us"] == pytest.approx(statistics.median(range(100, 600)), abs=0.11)
+    assert r["interleaved_event_2000_us"] == pytest.approx(statistics.median(range(2001, 2501)), abs=0.11)
+    assert r["growth"] == pytest.approx(2250.5 / 349.5, abs=1e-3)

@@ -126,6 +126,21 @@ def register(bench_subparsers) -> None:
                    help="run jackd non-realtime (default: realtime where permitted, as a musician's JACK)")
     w.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     w.set_defaults(func=cmd_witness)
+    lt = bench_subparsers.add_parser("latency", help="jackd2's jack_midi_latency_test through the bridge in "
+                                                     "thru mode, against a bare echo in the same run")
+    lt.add_argument("--json", action="store_true", help="print one JSON object")
+    lt.add_argument("--period", type=int, default=256, help="JACK period in frames (default 256)")
+    lt.add_argument("--rounds", type=int, default=3, metavar="N",
+                    help="rounds; each runs the tester through every subject in turn (default 3)")
+    lt.add_argument("--samples", type=int, default=1000, metavar="N",
+                    help="messages the tester sends per round and subject (default 1000)")
+    lt.add_argument("--backends", type=_names, default=("jack", "jack-rtmidi"), metavar="LIST",
+                    help="the bridge's JACK backends to measure (default jack,jack-rtmidi; the target "
+                         "applies to jack)")
+    lt.add_argument("--no-realtime", dest="realtime", action="store_false",
+                    help="run jackd non-realtime (default: realtime where permitted)")
+    lt.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    lt.set_defaults(func=cmd_latency)
 
 
 def _ints(text: str) -> list[int]:
@@ -183,6 +198,39 @@ def cmd_witness(args: argparse.Namespace) -> int:
                   f"jamming {x['jamming']} ({x['jamming_notes']} answer notes): "
                   f"{'met' if x['met'] else 'MISSED'} (no more than idle)")
         print(f"target: every answer within {result['target_ms']:g} ms: {'met' if result['met'] else 'MISSED'}")
+    return 0 if result["met"] else 1
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    """Exit 0 when the native backend met 1.05x of the echo with nothing lost, 1 when not,
+    2 when JACK or the tester is unusable."""
+    from . import jackd, latency
+
+    if args.rounds < 1 or args.samples < 1:
+        print("midi-bridge bench latency: --rounds and --samples must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        with sigterm_as_interrupt():
+            result = latency.run(period=args.period, rounds=args.rounds, samples=args.samples,
+                                 subjects=("echo", *(f"bridge {b}" for b in args.backends)),
+                                 realtime=args.realtime,
+                                 progress=(lambda t: None) if args.quiet else
+                                 (lambda t: print(f"bench latency: {t}", file=sys.stderr, flush=True)))
+    except (jackd.JackError, RuntimeError) as e:  # (RuntimeError: a subject never became ready)
+        print(f"midi-bridge bench latency: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"jack_midi_latency_test, {result['period']} frames, {result['rounds']} rounds of "
+              f"{result['samples']} messages:")
+        print(f"{'subject':<20}{'avg ms':>9}{'low ms':>9}{'high ms':>9}{'lost':>6}{'unexp':>7}{'x echo':>8}")
+        for name, r in result["subjects"].items():
+            ratio = r.get("ratio_to_echo")
+            print(f"{name:<20}{_ms(r['average_ms']):>9}{_ms(r['lowest_ms']):>9}{_ms(r['highest_ms']):>9}"
+                  f"{r['lost']:>6}{r['unexpected']:>7}{'' if ratio is None else f'{ratio:.3f}':>8}")
+        print(f"target: the bridge (jack) within {result['target_ratio']}x of the echo, nothing lost: "
+              f"{'met' if result['met'] else 'MISSED'}")
     return 0 if result["met"] else 1
 
 

@@ -10,7 +10,10 @@ heads and the copy gate), ``sample_us`` (softmax, in-piece mixture, top-p, the d
 the Python around them) and ``cache_us`` (the in-piece statistics), medians per event.
 The shipped row also runs one session of ``--long`` events and reports the median cost of
 the 500 events from event 100 on and of the last 500 (``event_100_us``,
-``event_100000_us``), and the process's resident memory at event 100 and at the end.
+``event_100000_us``), and the process's resident memory at event 100 and at the end; then
+the session's stepper and a new one at event 100 take turns, an event each
+(``interleaved_event_100_us``, ``interleaved_event_100000_us``, ``growth``: their ratio,
+the session's growth without the machine's drift over the minute the session took).
 ``gan`` (when a GAN checkpoint is found, ``--gan``, default the shipped ``gan.pt``): the
 cost of one answer *bar* of the conditional GAN on one CPU thread, sampled as the ``gan``
 plugin does when the engine pulls past the previous bar (``bar_p50_us``, ``bar_p99_us``).
@@ -23,7 +26,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import sys
 import time
 
@@ -33,25 +35,9 @@ import torch
 from midi_bridge.model.encoding import NOTE_SPEC
 from midi_bridge.model.rnn import EventRNN, ModelConfig
 
+from .events import PLAYED, long_session, profile_parts, time_events
+
 LARGER = ((768, 2), (1024, 2))
-_rng = np.random.default_rng(7)
-#: Played notes of a session: a random walk, so contexts keep changing and the in-piece
-#: cache fills up to its bound (the memory-flatness check needs that).
-PLAYED = [(int(d), int(p), int(d), 22) for d, p in zip(_rng.choice([3, 6, 12], 4099),
-                                                      60 + np.cumsum(_rng.integers(-4, 5, 4099)) % 24)]
-
-
-def _rss_kb() -> int:
-    """Resident memory in kB (without /proc: the peak so far, ru_maxrss, which macOS gives
-    in bytes and Linux in kB)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-    except OSError:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak // 1024 if sys.platform == "darwin" else peak
-
-
 def _stepper(model, device: str, int8: bool = False, graphs: bool = True):
     if device == "cuda":
         from midi_bridge.model.cuda_graph import GraphedStepper
@@ -60,106 +46,6 @@ def _stepper(model, device: str, int8: bool = False, graphs: bool = True):
     from midi_bridge.model.step import Stepper
 
     return Stepper(model, "cpu", int8=int8, seed=0)
-
-
-def time_events(st, n: int, warm: int = 50) -> np.ndarray:
-    """Per-event seconds of n events: feed a played note, then sample one note of answer
-    (Notochord's feed + query; an answer note costs the same: sample, then feed it back)."""
-    st.reset()
-    out = np.empty(n)
-    clock = time.perf_counter
-    for i in range(-warm, n):
-        t0 = clock()
-        st.feed(PLAYED[i % len(PLAYED)])
-        st.sample(0.9, 0.95)
-        if i >= 0:
-            out[i] = clock() - t0
-    return out
-
-
-#: The parts of an event the profiling pass times separately (the stepper's methods):
-#: ``cache_us`` the in-piece statistics (count the event, predict the candidates),
-#: ``net_us`` the input rows and the recurrent cells, ``heads_us`` the field heads
-#: (pre-activations, the prefix rows, the output layers and the copy gate); ``sample_us``
-#: is the rest of the event: softmax, mixture, top-p and the draw, and the Python around.
-PARTS = (("cache_us", ("_cache_step",)), ("net_us", ("_net",)), ("heads_us", ("_head0", "_next", "_head")))
-
-
-def profile_parts(st, n: int, warm: int = 50) -> dict:
-    """Median per-event microseconds of each of :data:`PARTS` and of the rest
-    (``sample_us``) over ``n`` events of :func:`time_events`' loop, the parts timed
-    separately (a wrapper around each method: a profiling pass, not the timed one)."""
-    clock = time.perf_counter
-    acc = {key: 0.0 for key, _ in PARTS}
-    busy = [False]
-    wrapped = []
-    for key, names in PARTS:
-        for name in names:
-            fn = getattr(st, name, None)
-            if fn is None or name in vars(st):
-                continue
-
-            def timed(*a, _fn=fn, _key=key):
-                if busy[0]:  # (a part calling another is timed once, as the outer one)
-                    return _fn(*a)
-                busy[0] = True
-                t0 = clock()
-                try:
-                    return _fn(*a)
-                finally:
-                    acc[_key] += clock() - t0
-                    busy[0] = False
-            setattr(st, name, timed)
-            wrapped.append(name)
-    if not wrapped:
-        return {}
-    parts = {key: np.empty(n) for key, _ in PARTS}
-    rest = np.empty(n)
-    try:
-        st.reset()
-        for i in range(-warm, n):
-            for key in acc:
-                acc[key] = 0.0
-            t0 = clock()
-            st.feed(PLAYED[i % len(PLAYED)])
-            st.sample(0.9, 0.95)
-            total = clock() - t0
-            if i >= 0:
-                for key in acc:
-                    parts[key][i] = acc[key]
-                rest[i] = total - sum(acc.values())
-    finally:
-        for name in wrapped:
-            delattr(st, name)
-    out = {key: round(float(np.median(v)) * 1e6, 1) for key, v in parts.items()}
-    out["sample_us"] = round(float(np.median(rest)) * 1e6, 1)
-    return out
-
-
-def long_session(st, n: int, window: int = 500) -> dict:
-    """Medians of the ``window`` events from event 100 on and of the last ``window``
-    (never before event 100: a short session's windows overlap instead); memory at event
-    100 and at the end."""
-    if n < 100:
-        raise ValueError(f"a session of {n} events has no event 100: --long must be at least 100 (or 0: none)")
-    st.reset()
-    early, late = [], []
-    rss_early = 0
-    clock = time.perf_counter
-    for i in range(1, n + 1):
-        t0 = clock()
-        st.feed(PLAYED[i % len(PLAYED)])
-        st.sample(0.9, 0.95)
-        dt = clock() - t0
-        if 100 <= i < 100 + window:
-            early.append(dt)
-            if i == 100:
-                rss_early = _rss_kb()
-        if i > n - window and i >= 100:
-            late.append(dt)
-    return {"event_100_us": round(float(np.median(early)) * 1e6, 1),
-            f"event_{n}_us": round(float(np.median(late)) * 1e6, 1),
-            "rss_kb_event_100": rss_early, f"rss_kb_event_{n}": _rss_kb()}
 
 
 def _row(kind, hidden, layers, device, times, **extra) -> dict:
@@ -316,7 +202,8 @@ def _run(checkpoint_path, events, long, devices, int8, notochord, log, gan_path)
                     row["params"] = model.n_params()
                     row.update(profile_parts(st, min(events, 1000)))
                     if default and not label and long:
-                        row.update(long_session(st, long))
+                        row.update(long_session(st, long, make=lambda: _stepper(
+                            model, device, int8=q, graphs=graphs)))
                     rows.append(row)
                     if log:
                         log(json.dumps(row))
@@ -378,6 +265,10 @@ def cmd_bench(args) -> int:
         if "event_100_us" in r:
             last = [k for k in r if k.startswith("event_") and k.endswith("_us") and k[6:-3].isdigit() and k != "event_100_us"]
             print(f"      session: event 100 {r['event_100_us']} us, event {last[0][6:-3]} {r[last[0]]} us")
+            if r.get("growth") is not None:
+                print(f"      interleaved (drift out): event 100 {r['interleaved_event_100_us']} us, "
+                      f"event {last[0][6:-3]} {r[f'interleaved_event_{last[0][6:-3]}_us']} us: "
+                      f"{r['growth']}x")
     if res.get("harmonizer"):
         h = res["harmonizer"]
         print(f"harmonizer ({h['kind']} {h['layers']}x{h['hidden']}), sample voices + feed: "

@@ -16,8 +16,9 @@ context is an integer key (a hash chain over its events' hashes) in one
 dict, reused in place when the slot is; at most ``capacity`` contexts are kept (the least
 recently updated is forgotten), so memory is bounded and, once the slots exist, an event
 allocates no lasting objects (nothing new for Python's cyclic collector to walk as the
-session goes on).  Measured (``bench model``'s played notes): ~12 us an event while the
-table fills, ~17 us once it is at its bound (a larger working set), flat from there.
+session goes on).  Measured (``bench model``'s played notes, the stepper's 4096): ~15 us
+an event while the table fills, ~17 us once it is at its bound (a larger working set),
+flat from there.
 
 :meth:`PieceCache.mark` / :meth:`PieceCache.rollback` undo the events folded in between
 (a discarded answer): while a mark is outstanding each update journals the few changes it

@@ -21,7 +21,7 @@ from .step import Stepper
 
 
 class GraphedStepper(Stepper):
-    def __init__(self, model, device="cuda", seed=None, graphs: bool = True, cache_capacity: int = 8192):
+    def __init__(self, model, device="cuda", seed=None, graphs: bool = True, cache_capacity: int = 4096):
         self._use_graphs = graphs
         super().__init__(model, device=device, int8=False, seed=seed, cache_capacity=cache_capacity)
 

@@ -68,7 +68,7 @@ class Stepper(FieldSampler):
     """Batch-1 stateful inference for one :class:`EventRNN` on the CPU."""
 
     def __init__(self, model: EventRNN, device: str | torch.device = "cpu", int8: bool = False,
-                 seed: int | None = None, cache_capacity: int = 8192):
+                 seed: int | None = None, cache_capacity: int = 4096):
         model = model.eval()
         self.model, self.spec, self.cfg = model, model.spec, model.cfg
         self.device = torch.device(device)
@@ -78,6 +78,11 @@ class Stepper(FieldSampler):
         self.lstm = model.cfg.kind == "lstm"
         self.L, self.H = model.cfg.layers, model.cfg.hidden
         self.A = model.cfg.head
+        # 4096 contexts: the last ~500 events at every order (what recurs stays longer: the
+        # least recently updated goes).  At 8192 the table's working set at its bound pushed
+        # the network's weights out of the CPU's cache: event 100,000 cost 1.05-1.06x event
+        # 100 (``bench model``'s interleaved growth), 1.01-1.05x at 4096.  Training and
+        # ``evaluate`` see whole pieces (no bound).
         self.cache = PieceCache(cache_capacity)
         self.cands: list[tuple] = []  # in-piece candidates for the next event
         self.q: list[float] = []
